@@ -1,0 +1,250 @@
+"""Typed configuration: one dataclass per pipeline stage, presets as YAML, `key=value` overrides.
+
+The resolved config is saved as `config.yaml` in every run directory and inside every checkpoint
+(`config_to_dict`), so a checkpoint alone rebuilds its model and preprocessing
+(`config_from_dict`). Unknown keys are errors, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kit.errors import KitError
+
+
+@dataclass
+class DataConfig:
+    """What the model sees and how it is normalised (shared by training, validation, inference)."""
+
+    input_mode: str = "volume"  # "volume": slices z_start..z_end-1; "ir": infrared image
+    z_start: int = 24
+    z_end: int = 40  # exclusive; in_channels = z_end - z_start
+    norm: str = "percentile"  # "percentile" (clip to p_low..p_high inside mask) or "meanstd"
+    p_low: float = 1.0
+    p_high: float = 99.5
+    tile: int = 256
+    stride: int = 128
+    min_mask_fraction: float = 0.25  # tiles with less papyrus than this are skipped
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.input_mode == "ir" else self.z_end - self.z_start
+
+
+@dataclass
+class ModelConfig:
+    family: str = "sam"  # see kit.models.MODEL_FAMILIES
+    variant: str = "vit_b"  # SAM: vit_b/vit_l/vit_h/vit_tiny...; U-Net: a timm encoder name
+    adapter: str = "conv1x1"  # volume -> 3 channels: "conv1x1", "stem3d", "mosaic"
+    prompt: str = "none"  # "none", "box", "points"
+    num_points: int = 8  # points per tile when prompt == "points"
+    train_mode: str = "full"  # "frozen", "lora", "full"
+    lora_rank: int = 8
+    layer_decay: float = 1.0  # layer-wise LR decay for full fine-tuning (1.0 = off)
+    grad_checkpointing: bool = False
+    pretrained: str | None = None  # local path to weights (Meta SAM checkpoint or timm weights)
+    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+
+
+@dataclass
+class LossConfig:
+    bce: float = 1.0
+    dice: float = 1.0
+    focal: float = 0.0
+    iou: float = 1.0  # MSE between predicted and actual IoU (SAM only)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    """Probabilities (p_*) and ranges of the on-device batched augmentations."""
+
+    p_flip: float = 0.5
+    p_rot90: float = 0.5
+    p_affine: float = 0.5
+    scale: float = 0.1
+    rotate_deg: float = 15.0
+    shift: float = 0.05
+    p_intensity: float = 0.5  # brightness/contrast/gamma per sample
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: float = 0.2
+    p_slice_jitter: float = 0.3
+    slice_jitter: float = 0.05
+    p_zshift: float = 0.3
+    max_zshift: int = 3
+    p_slice_dropout: float = 0.2
+    slice_dropout: float = 0.1
+    p_coarse_dropout: float = 0.3
+    coarse_holes: int = 4
+    coarse_size: float = 0.15
+    p_noise: float = 0.3
+    noise_std: float = 0.03
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    steps_per_epoch: int = 200
+    batch_size: int = 8
+    accumulate: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema: float = 0.0  # EMA decay (0 = off)
+    amp: str = "bf16"  # "bf16", "fp16", "off" (CUDA only; CPU always runs fp32)
+    ink_fraction: float = 0.5  # share of sampled tiles that contain ink
+    jitter: bool = True  # random shift of tile positions each epoch
+    val_every: int = 1  # validate every N epochs
+    num_workers: int = 2
+    seed: int = 0
+    embedding_cache: bool = False  # frozen SAM encoder only
+
+
+@dataclass
+class InferConfig:
+    stride: int = 0  # 0: use data.stride
+    window: str = "gaussian"  # "gaussian", "hann", "flat"
+    tta: list[str] = field(default_factory=lambda: ["identity"])
+    batch_size: int = 16
+    amp: str = "bf16"
+
+
+@dataclass
+class PostConfig:
+    threshold: float = 0.5
+    percentile: float = 0.0  # if > 0: threshold at this top-percent of mask pixels
+    min_component_area: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    post: PostConfig = field(default_factory=PostConfig)
+
+
+class ConfigError(KitError, ValueError):
+    """A preset, YAML file or override that does not fit the schema."""
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("kit") / "presets"
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A preset name (`cpu-demo`) or a YAML path, then `section.key=value` overrides."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text()
+    elif name_or_path in preset_names():
+        text = (resources.files("kit") / "presets" / f"{name_or_path}.yaml").read_text()
+    else:
+        raise ConfigError(
+            f"unknown config {name_or_path!r}: give a YAML path or one of {preset_names()}"
+        )
+    raw = yaml.safe_load(text) or {}
+    raw.setdefault("name", path.stem if path.suffix else name_or_path)
+    config = config_from_dict(raw, source=str(name_or_path))
+    return apply_overrides(config, overrides)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
+    return _build(Config, raw, source)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Return a copy with each `section.key=value` applied (value parsed as YAML)."""
+    raw = config_to_dict(config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) not in (1, 2) or not all(parts):
+            raise ConfigError(
+                f"override {item!r} must look like section.key=value, e.g. train.lr=3e-4"
+            )
+        node = raw
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(
+                    f"override {item!r}: unknown section {part!r}; sections: {list(raw)}"
+                )
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}; keys: {list(node)}")
+        node[parts[-1]] = yaml.safe_load(value)
+    return config_from_dict(raw, source="--set")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown keys {unknown} in {cls.__name__}; valid: {sorted(names)}"
+        )
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, where) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
