@@ -1,0 +1,82 @@
+"""Checkpoint files: atomic writes, clear errors, and a model rebuilt from the file alone.
+
+A checkpoint is a dict with at least
+    "config": config_to_dict(config)   the resolved Config (model + preprocessing + ...)
+    "model":  state_dict               the weights inference should use (EMA weights if EMA is on)
+and, for `last.pt`, whatever training needs to resume (optimizer, scheduler, scaler, RNG, step).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kit.config import Config, ConfigError, config_from_dict
+from kit.errors import KitError
+
+
+class CheckpointError(KitError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically: a crash at any moment leaves the old file or the new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({exc}); is it complete?"
+        ) from exc
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise CheckpointError(
+            f"{path} is not an inkkit checkpoint (no 'config'/'model'); for Meta SAM weights "
+            "use `train --sam-checkpoint`"
+        )
+    return state
+
+
+def checkpoint_config(state: dict, path: str | os.PathLike = "checkpoint") -> Config:
+    try:
+        return config_from_dict(state["config"], source=str(path))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} carries a config this kit cannot read: {exc}") from exc
+
+
+def model_from_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Config]:
+    """Rebuild the model from the config stored in the checkpoint and load its weights strictly."""
+    from kit.models import build_model  # models import torch-heavy code; keep this module light
+
+    state = load_checkpoint(path, map_location)
+    config = checkpoint_config(state, path)
+    model = build_model(config)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model its config builds: {exc}"
+        ) from exc
+    return model.to(map_location).eval(), config
