@@ -1,0 +1,80 @@
+"""Helpers for the inference tests: tiny synthetic fragments in tmp_path, stand-in models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+import torch
+from torch import nn
+
+from kit.config import Config
+
+
+def write_fragment(
+    root: Path,
+    name: str,
+    *,
+    shape: tuple[int, int] = (70, 53),
+    n_slices: int = 6,
+    seed: int = 0,
+    mask: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    with_mask: bool = True,
+) -> Path:
+    """A fragment directory in the competition layout with random uint16 slices."""
+    rng = np.random.default_rng(seed)
+    path = root / name
+    (path / "surface_volume").mkdir(parents=True)
+    for z in range(n_slices):
+        tifffile.imwrite(
+            path / "surface_volume" / f"{z:02d}.tif",
+            rng.integers(1000, 60000, shape, dtype=np.uint16),
+        )
+    if mask is None:
+        mask = np.ones(shape, bool)
+        mask[:, : shape[1] // 5] = False  # a papyrus-free strip: its tiles are skipped
+        mask[shape[0] // 3 : shape[0] // 2, -7:] = False
+    if with_mask:
+        cv2.imwrite(str(path / "mask.png"), mask.astype(np.uint8) * 255)
+    if labels is not None:
+        cv2.imwrite(str(path / "inklabels.png"), labels.astype(np.uint8) * 255)
+    return path
+
+
+def small_config(**infer) -> Config:
+    config = Config()
+    config.data.z_start, config.data.z_end = 1, 5
+    config.data.tile, config.data.stride = 16, 8
+    config.infer.batch_size = 5
+    for key, value in infer.items():
+        setattr(config.infer, key, value)
+    return config
+
+
+class Out:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
+class IdentityModel(nn.Module):
+    """Probability = channel 0 of the input, quantised to k/255 so uint8 output is exact."""
+
+    def forward(self, x: torch.Tensor) -> Out:
+        q = torch.round(x[:, :1].clamp(0, 1) * 255) / 255
+        return Out(torch.logit(q))
+
+
+class ConvModel(nn.Module):
+    """A fixed random conv: position-dependent context, not equivariant to flips."""
+
+    def __init__(self, channels: int = 4, seed: int = 0, bias: float = 0.0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(channels, 1, 5, padding=2)
+        nn.init.constant_(self.conv.bias, bias)
+
+    def forward(self, x: torch.Tensor) -> Out:
+        return Out(self.conv(x * 4 - 2))
