@@ -1,0 +1,78 @@
+"""Training tiles as uint16 tensors: `TileDataset` and the loader that feeds the device.
+
+Workers read only the tile's window through `kit.data.preprocess.read_window` (never a whole
+volume) and return it still as uint16, with the fragment's normalisation stats and the label
+window; normalisation and augmentation happen batched on the device (`kit.train.loop`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kit.config import DataConfig
+from kit.data.fragment import Fragment
+from kit.data.preprocess import read_window
+
+
+class TileDataset(Dataset):
+    """Item i = tile `tiles[i]` = (fragment index, y, x) of size data.tile.
+
+    Returns {"image": uint16 (C, T, T), "label": uint8 (1, T, T), "stats": float32 (2,)}.
+    Labels (2-D uint8, one per fragment) are held in memory and shared copy-on-write with forked
+    workers; the fragments pickle as paths and reopen their files in each worker.
+    """
+
+    def __init__(
+        self,
+        fragments: Sequence[Fragment],
+        labels: Sequence[np.ndarray],
+        stats: torch.Tensor,
+        tiles: np.ndarray,
+        data: DataConfig,
+    ):
+        self.fragments, self.labels, self.stats = list(fragments), list(labels), stats
+        self.tiles, self.data = tiles, data
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        index, y, x = (int(v) for v in self.tiles[i])
+        t = self.data.tile
+        image = read_window(self.fragments[index], self.data, y, x, t, t)
+        return {
+            "image": torch.from_numpy(image),
+            "label": torch.from_numpy(_label_window(self.labels[index], y, x, t)[None]),
+            "stats": self.stats[index],
+        }
+
+
+def _label_window(label: np.ndarray, y: int, x: int, t: int) -> np.ndarray:
+    """uint8 (t, t) window of a 2-D label map, zero outside it (like read_window)."""
+    out = np.zeros((t, t), dtype=np.uint8)
+    h, w = label.shape
+    ys, ye, xs, xe = max(y, 0), min(y + t, h), max(x, 0), min(x + t, w)
+    if ys < ye and xs < xe:
+        out[ys - y : ye - y, xs - x : xe - x] = label[ys:ye, xs:xe]
+    return out
+
+
+def tile_loader(
+    dataset: TileDataset, *, batch_size: int, num_workers: int, device: torch.device
+) -> DataLoader:
+    """In-order batches (the sampler already shuffled): the k-th batch is the same on resume."""
+    cuda = device.type == "cuda"
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=cuda,
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )

@@ -1,0 +1,78 @@
+"""DistributedDataParallel plumbing: one process per device, started by torchrun.
+
+`torchrun --nproc_per_node N -m kit train ...` sets RANK / WORLD_SIZE / LOCAL_RANK; without them
+training runs as a single process and every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group torchrun described (NCCL on CUDA, gloo on CPU), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return info
+
+
+def device_for(info: DistInfo, requested: str | None = None) -> torch.device:
+    """The rank's device: `requested` if given, else its own GPU, else the CPU."""
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_flag(info: DistInfo, flag: bool) -> bool:
+    """Rank 0's value of `flag` on every rank (e.g. "stop now")."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def shard(items, info: DistInfo):
+    """This rank's share of a sequence: every world_size-th item from rank on (equal lengths)."""
+    usable = len(items) - len(items) % info.world_size
+    return items[info.rank : usable : info.world_size]
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()
