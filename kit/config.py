@@ -52,6 +52,8 @@ class ModelConfig:
     grad_checkpointing: bool = False
     pretrained: str | None = None  # local path to weights (Meta SAM checkpoint or timm weights)
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    point_sampling: str = "labels"  # prompt == "points": "labels", "grid" or "error"
+    rel_pos_resize: str = "interpolate"  # Meta rel_pos 127 -> 2*tokens-1: "interpolate" or "crop"
 
 
 @dataclass
@@ -59,6 +61,8 @@ class LossConfig:
     bce: float = 1.0
     dice: float = 1.0
     focal: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: float = -1.0  # < 0: no class weighting
     iou: float = 1.0  # MSE between predicted and actual IoU (SAM only)
     label_smoothing: float = 0.0
 

@@ -1,0 +1,201 @@
+"""SAM at tile resolution: adapter -> image encoder -> prompt encoder -> batched mask decoder.
+
+The encoder is built at the tile size (256 -> 16×16 tokens with patch 16), never at 1024, and
+the prompt encoder with the matching embedding and input sizes. SAM's `Sam.forward` runs under
+`torch.no_grad` and loops over images in Python, so this module calls the three submodules
+directly and re-implements the few lines of `MaskDecoder.predict_masks` that assume one image
+per call (it `repeat_interleave`s the image embedding by the number of prompt sets): here B image
+embeddings meet B prompt sets in one call, each image with its own prompts.
+
+State-dict keys are `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*` exactly as in Meta's
+checkpoints, plus the kit's own `adapter.*` (and `...qkv.lora_a/b` under LoRA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from kit.models.adapters import build_adapter
+from kit.models.output import ModelOutput
+from kit.models.prompts import Prompts, whole_tile_box
+
+if TYPE_CHECKING:
+    from kit.models.embedding_cache import EmbeddingCache
+
+# Meta's pixel statistics in the 0-255 frame (segment_anything.build_sam).
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_dim: int = 256
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_hidden_dim: int = 256
+
+
+SAM_VARIANTS: dict[str, SamSpec] = {
+    # Meta's hyperparameters (segment_anything/build_sam.py)
+    "vit_b": SamSpec(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamSpec(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamSpec(1280, 32, 16, (7, 15, 23, 31)),
+    # From-scratch CPU variants, same code path. Patch 8 so a 64-px demo tile still has 8×8
+    # tokens and 32×32 low-res masks; no Meta checkpoint fits them.
+    "vit_tiny": SamSpec(
+        96, 4, 3, (1, 3), patch_size=8, window_size=4, prompt_dim=64, decoder_mlp_dim=256,
+        decoder_heads=4, iou_hidden_dim=64,
+    ),
+    "vit_tiny16": SamSpec(
+        96, 4, 3, (1, 3), patch_size=16, window_size=14, prompt_dim=64, decoder_mlp_dim=256,
+        decoder_heads=4, iou_hidden_dim=64,
+    ),
+}  # fmt: skip
+
+
+class SamSegmenter(nn.Module):
+    """x (B, C, T, T) in [0, 1] -> ModelOutput(logits (B, 1, T, T), iou (B, 1))."""
+
+    def __init__(
+        self,
+        spec: SamSpec,
+        *,
+        in_channels: int,
+        tile: int,
+        adapter: str = "conv1x1",
+        prompt: str = "none",
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.tile, self.prompt, self.grad_checkpointing = tile, prompt, grad_checkpointing
+        self.adapter = build_adapter(adapter, in_channels)
+        self.img_size = tile * self.adapter.scale
+        tokens = self.img_size // spec.patch_size
+        self.image_encoder = ImageEncoderViT(
+            img_size=self.img_size,
+            patch_size=spec.patch_size,
+            embed_dim=spec.embed_dim,
+            depth=spec.depth,
+            num_heads=spec.num_heads,
+            mlp_ratio=4,
+            out_chans=spec.prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            global_attn_indexes=spec.global_attn_indexes,
+            window_size=spec.window_size,
+        )
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=spec.prompt_dim,
+            image_embedding_size=(tokens, tokens),
+            input_image_size=(self.img_size, self.img_size),
+            mask_in_chans=16,
+        )
+        self.mask_decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=spec.prompt_dim,
+                mlp_dim=spec.decoder_mlp_dim,
+                num_heads=spec.decoder_heads,
+            ),
+            transformer_dim=spec.prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=spec.iou_hidden_dim,
+        )
+        # Not persistent, as in Sam: Meta checkpoints do not carry them.
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, T) in [0, 1] -> image embeddings (B, prompt_dim, tokens, tokens)."""
+        image = (self.adapter(x) * 255.0 - self.pixel_mean) / self.pixel_std
+        enc = self.image_encoder
+        h = enc.patch_embed(image)
+        if enc.pos_embed is not None:
+            h = h + enc.pos_embed
+        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        for block in enc.blocks:
+            h = checkpoint(block, h, use_reentrant=False) if use_ckpt else block(h)
+        return enc.neck(h.permute(0, 3, 1, 2))
+
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        prompts: Prompts | None = None,
+        *,
+        cache: EmbeddingCache | None = None,
+        cache_keys: Sequence[Hashable] | None = None,
+    ) -> ModelOutput:
+        """x (B, C, T, T) -> ModelOutput. With `cache`, embeddings of `cache_keys` are reused
+        (x may then be None when every key is cached)."""
+        if cache is not None:
+            if cache_keys is None:
+                raise ValueError("cache_keys are required with an embedding cache")
+            embeddings = cache.embeddings(self, x, cache_keys)
+        else:
+            assert x is not None
+            embeddings = self.encode(x)
+        return self.decode(embeddings, prompts)
+
+    def decode(self, embeddings: torch.Tensor, prompts: Prompts | None = None) -> ModelOutput:
+        """Image embeddings (B, D, h, w) + prompts in the tile frame -> ModelOutput."""
+        b = embeddings.shape[0]
+        if prompts is None and self.prompt == "box":
+            prompts = Prompts(boxes=whole_tile_box(b, self.img_size, embeddings.device))
+        points, boxes = None, None
+        if prompts is not None:
+            if prompts.coords is not None:
+                assert prompts.labels is not None, "point prompts need labels"
+                points = self.adapter.map_points(prompts.coords.float(), prompts.labels, self.tile)
+            boxes = prompts.boxes
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        low_res, iou = self._predict_masks(embeddings, sparse, dense)
+        logits = F.interpolate(
+            low_res[:, :1], size=(self.img_size, self.img_size), mode="bilinear",
+            align_corners=False,
+        )  # fmt: skip
+        return ModelOutput(self.adapter.fold(logits), iou[:, :1])
+
+    def _predict_masks(
+        self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MaskDecoder.predict_masks with one prompt set per image (no repeat_interleave).
+
+        embeddings (B, D, h, w); sparse (B or 1, K, D); dense (B or 1, D, h, w)
+        -> masks (B, M, 4h, 4w), iou (B, M) with M = 1 + num_multimask_outputs.
+        """
+        dec = self.mask_decoder
+        b, c, h, w = embeddings.shape
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(b, -1, -1), sparse.expand(b, -1, -1)], dim=1
+        )
+        src = embeddings + dense
+        pos_src = self.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+        hs, src = dec.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
+        upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        _, uc, uh, uw = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
+        return masks, dec.iou_prediction_head(iou_token_out)

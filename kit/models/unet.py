@@ -1,0 +1,80 @@
+"""A 2.5D U-Net: any timm encoder (`features_only=True`, `in_chans=C`) and a light decoder.
+
+The C slices enter the encoder's first conv directly. `pretrained=False` always: timm weights
+come only from a local file through `kit.models.load_pretrained` (no downloads here).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kit.errors import KitError
+from kit.models.output import ModelOutput
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+def create_encoder(name: str, in_channels: int) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.5)
+        raise KitError(
+            f"unknown timm encoder {name!r} for model.variant; close names: {close} "
+            "(any name from timm.list_models(); small CPU choices: resnet10t, "
+            "mobilenetv3_small_100, efficientnet_b0)"
+        )
+    try:
+        return timm.create_model(name, features_only=True, in_chans=in_channels, pretrained=False)
+    except RuntimeError as exc:  # e.g. a ViT without a feature pyramid
+        raise KitError(f"timm encoder {name!r} cannot produce U-Net features: {exc}") from exc
+
+
+class TimmUnet(nn.Module):
+    """x (B, C, T, T) -> ModelOutput(logits (B, 1, T, T), iou=None)."""
+
+    def __init__(self, encoder: str, *, in_channels: int, decoder_channels: list[int]) -> None:
+        super().__init__()
+        self.encoder = create_encoder(encoder, in_channels)
+        skips = self.encoder.feature_info.channels()
+        n_up = len(skips) - 1
+        if len(decoder_channels) < n_up:
+            raise KitError(
+                f"model.decoder_channels {decoder_channels} has {len(decoder_channels)} entries; "
+                f"encoder {encoder!r} has {len(skips)} feature levels, so give at least {n_up}"
+            )
+        blocks, cin = [], skips[-1]
+        for i in range(n_up):
+            blocks.append(_conv_block(cin + skips[-2 - i], decoder_channels[i]))
+            cin = decoder_channels[i]
+        self.blocks = nn.ModuleList(blocks)
+        # Features whose finest level is /2 or /4 get one more block at full resolution.
+        self.has_final = self.encoder.feature_info.reduction()[0] > 1
+        final = decoder_channels[n_up] if len(decoder_channels) > n_up else cin
+        self.final = _conv_block(cin, final) if self.has_final else nn.Identity()
+        self.head = nn.Conv2d(final if self.has_final else cin, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, prompts: object = None, **_: object) -> ModelOutput:
+        if prompts is not None:
+            raise KitError("the U-Net family takes no prompts; set model.prompt=none")
+        feats = self.encoder(x)
+        h = feats[-1]
+        for block, skip in zip(self.blocks, reversed(feats[:-1]), strict=True):
+            h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], dim=1))
+        if self.has_final:
+            h = self.final(F.interpolate(h, size=x.shape[-2:], mode="bilinear"))
+        return ModelOutput(self.head(h), None)
