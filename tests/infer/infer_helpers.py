@@ -78,3 +78,29 @@ class ConvModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Out:
         return Out(self.conv(x * 4 - 2))
+
+
+def tiny_sam_config(seed_name: str = "tiny") -> Config:
+    """A from-scratch SAM vit_tiny on 32-pixel tiles: a real kit model that runs in milliseconds."""
+    config = Config(name=seed_name)
+    config.model.family, config.model.variant = "sam", "vit_tiny"
+    config.data.z_start, config.data.z_end = 1, 5
+    config.data.tile, config.data.stride = 32, 16
+    config.infer.batch_size = 8
+    return config
+
+
+def make_run(root: Path, name: str, config: Config, seed: int) -> Path:
+    """A run directory with config.yaml and checkpoints/best.pt of a randomly initialised model."""
+    from kit.checkpoint import save_checkpoint
+    from kit.config import config_to_dict, save_config
+    from kit.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(config)
+    run = root / name
+    (run / "checkpoints").mkdir(parents=True)
+    save_config(config, run / "config.yaml")
+    state = {"config": config_to_dict(config), "model": model.state_dict()}
+    save_checkpoint(run / "checkpoints" / "best.pt", state)
+    return run

@@ -1,0 +1,235 @@
+"""Ensembles of run directories and checkpoints: resolve, load, average probability maps.
+
+    resolve_members(specs, weights)  RUN_DIR | RUN_DIR:W | CKPT.pt | DIR of runs -> [Member]
+    load_members(members, overrides)  -> [LoadedMember]: model + its own Config, strictly loaded
+    predict_ensemble(loaded, fragment) -> uint8 (H, W) = round(Σ wᵢ·pᵢ / Σ wᵢ), pᵢ = member maps
+
+Every member keeps its own preprocessing (slices, normalisation, tile, stride, TTA) from its
+checkpoint, so a SAM fold and a U-Net fold average correctly. Members are combined as their
+8-bit maps, the same numbers `predict` writes for each one alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kit.config import Config, ConfigError, apply_overrides, config_to_dict, load_config
+from kit.data.fragment import Fragment
+from kit.errors import KitError
+from kit.infer.stitch import predict_fragment
+
+BEST = Path("checkpoints") / "best.pt"
+
+
+@dataclass(frozen=True)
+class Member:
+    checkpoint: Path
+    weight: float
+    name: str  # the run directory's name, or the checkpoint's stem
+
+
+@dataclass
+class LoadedMember:
+    member: Member
+    model: torch.nn.Module
+    config: Config
+
+
+def parse_spec(spec: str) -> tuple[str, float | None]:
+    """`PATH` or `PATH:WEIGHT` -> (path, weight or None)."""
+    path, sep, tail = spec.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return spec, None
+
+
+def resolve_members(specs: list[str], weights: list[float] | None = None) -> list[Member]:
+    """Checkpoints named by `specs`, with weights from `PATH:W`, `weights`, or 1.
+
+    A spec is a run directory (its checkpoints/best.pt), a .pt file, or a directory holding
+    run directories and/or .pt files (all of them, sorted).
+    """
+    if weights is not None and len(weights) != len(specs):
+        raise KitError(f"--weights has {len(weights)} values for {len(specs)} --runs entries")
+    members = []
+    for i, spec in enumerate(specs):
+        path, weight = parse_spec(spec)
+        if weights is not None:
+            if weight is not None:
+                raise KitError(f"{spec}: give a weight either as RUN:W or in --weights, not both")
+            weight = weights[i]
+        weight = 1.0 if weight is None else weight
+        if not weight >= 0:
+            raise KitError(f"{spec}: ensemble weights must be >= 0, got {weight}")
+        members += [Member(p, weight, _name(p)) for p in _checkpoints(Path(path))]
+    if not members or sum(m.weight for m in members) <= 0:
+        raise KitError("no ensemble member with a positive weight; check --runs / --weights")
+    return members
+
+
+def _checkpoints(path: Path) -> list[Path]:
+    if path.is_file():
+        if path.suffix not in (".pt", ".pth"):
+            raise KitError(f"{path} is not a checkpoint (.pt) or a run directory")
+        return [path]
+    if not path.is_dir():
+        raise KitError(f"run directory or checkpoint {path} does not exist")
+    if (path / BEST).is_file():
+        return [path / BEST]
+    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
+        raise KitError(
+            f"run directory {path} has no {BEST}: training has not validated yet; finish or "
+            "resume it (`python -m kit train ... --resume`), or pass a .pt file"
+        )
+    found = sorted(p / BEST for p in path.iterdir() if (p / BEST).is_file())
+    found += sorted(p for p in path.iterdir() if p.suffix in (".pt", ".pth") and p.is_file())
+    if not found:
+        raise KitError(
+            f"{path} holds no run directory (with {BEST}) and no .pt checkpoint; "
+            "pass run directories or checkpoint files"
+        )
+    return found
+
+
+def _name(checkpoint: Path) -> str:
+    return (
+        checkpoint.parent.parent.name
+        if checkpoint.parent.name == "checkpoints"
+        else checkpoint.stem
+    )
+
+
+def load_members(
+    members: list[Member], *, overrides: list[str] = (), device: str = "cpu"
+) -> list[LoadedMember]:
+    """Rebuild every member from its checkpoint alone (strict); `overrides` touch `infer.*` only.
+
+    A run directory whose config.yaml disagrees with its checkpoint's model/data sections is an
+    error: the checkpoint came from another run.
+    """
+    from kit.checkpoint import model_from_checkpoint
+
+    for item in overrides:
+        if not item.strip().startswith("infer."):
+            raise KitError(f"--set {item}: predict only accepts infer.* overrides (e.g. infer.tta)")
+    loaded = []
+    for m in members:
+        model, config = model_from_checkpoint(m.checkpoint, map_location="cpu")
+        _check_run_config(m.checkpoint, config)
+        try:
+            config = apply_overrides(config, list(overrides))
+        except ConfigError as exc:
+            raise KitError(f"--set: {exc}") from exc
+        if torch.device(device).type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        loaded.append(LoadedMember(m, model, config))
+    return loaded
+
+
+def _check_run_config(checkpoint: Path, config: Config) -> None:
+    run_config = checkpoint.parent.parent / "config.yaml"
+    if checkpoint.parent.name != "checkpoints" or not run_config.is_file():
+        return
+    theirs = config_to_dict(load_config(str(run_config)))
+    ours = config_to_dict(config)
+    diff = [
+        f"{section}.{key}"
+        for section in ("data", "model")
+        for key in ours[section]
+        if ours[section][key] != theirs[section].get(key)
+    ]
+    if diff:
+        raise KitError(
+            f"{checkpoint} was trained with another config than {run_config} "
+            f"(differs in {', '.join(diff[:6])}); copy the checkpoint back to its own run "
+            "directory or pass the .pt file alone"
+        )
+
+
+def check_compatible(loaded: list[LoadedMember], fragment: Fragment) -> None:
+    """Fail before any work when a member needs slices or inputs the fragment lacks."""
+    for lm in loaded:
+        data = lm.config.data
+        if data.input_mode == "volume" and data.z_end > fragment.n_slices:
+            raise KitError(
+                f"{lm.member.checkpoint} reads slices {data.z_start}..{data.z_end - 1} but "
+                f"{fragment.path} has {fragment.n_slices}; use a checkpoint trained on fewer slices"
+            )
+        if data.input_mode == "ir" and not fragment.has_ir:
+            raise KitError(
+                f"{lm.member.checkpoint} reads the infrared image, but {fragment.path} has no "
+                "ir.png (test fragments never do); use a volume model"
+            )
+
+
+def predict_ensemble(
+    loaded: list[LoadedMember],
+    fragment: Fragment,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """Weighted mean of the members' maps, uint8 (H, W); one float32 (H, W) sum when > 1 member."""
+    check_compatible(loaded, fragment)
+    active = [lm for lm in loaded if lm.member.weight > 0]
+    total = sum(lm.member.weight for lm in active)
+    acc = None
+    for lm in active:
+        model = lm.model.to(device)
+        pred = predict_fragment(model, lm.config, fragment, device=device, progress=progress)
+        if len(active) > 1:
+            lm.model.to("cpu")  # one member on the accelerator at a time
+        if len(active) == 1:
+            return pred
+        acc = np.zeros(pred.shape, np.float32) if acc is None else acc
+        for r in range(0, len(pred), 1024):  # row chunks: no full-size float temporaries
+            acc[r : r + 1024] += pred[r : r + 1024] * np.float32(lm.member.weight / total)
+    out = np.empty(acc.shape, np.uint8)
+    for r in range(0, len(acc), 1024):
+        out[r : r + 1024] = np.clip(np.rint(acc[r : r + 1024]), 0, 255)
+    return out
+
+
+def mean_maps(maps: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Weighted mean of uint8 maps, rounded, uint8: what predict_ensemble computes."""
+    total = float(sum(weights))
+    acc = np.zeros(maps[0].shape, np.float32)
+    for m, w in zip(maps, weights, strict=True):
+        acc += m * np.float32(w / total)
+    return np.clip(np.rint(acc), 0, 255).astype(np.uint8)
+
+
+def fragment_dirs(data: Path) -> list[Path]:
+    """A single fragment directory, a test/ directory of fragments, or a data root with test/."""
+    if not data.is_dir():
+        raise KitError(f"data directory {data} does not exist")
+    if (data / "surface_volume").is_dir():
+        return [data]
+    found = sorted(p for p in data.iterdir() if (p / "surface_volume").is_dir())
+    if not found and (data / "test").is_dir():
+        return fragment_dirs(data / "test")
+    if not found:
+        raise KitError(
+            f"{data} holds no fragment (a directory with surface_volume/); pass a test/ "
+            "directory or one fragment directory"
+        )
+    return found
+
+
+def write_png_atomic(path: Path, image: np.ndarray) -> None:
+    """cv2.imwrite to a temporary name, then rename: a crash never leaves half a PNG."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    if not cv2.imwrite(str(tmp), image):
+        raise KitError(f"could not write {path}; is the disk full or the directory read-only?")
+    os.replace(tmp, path)

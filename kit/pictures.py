@@ -1,0 +1,83 @@
+"""Pictures for humans: probability previews, OOF error overlays, threshold-vs-F0.5 plots.
+
+Everything is downsampled to at most `max_side` pixels: a 14830×9506 map is unreadable anyway.
+Functions return BGR uint8 images (for cv2.imwrite) or write a PNG with matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# BGR colours of the overlay classes
+COLOURS = {
+    "outside": (0, 0, 0),
+    "tn": (60, 60, 60),
+    "tp": (80, 200, 80),  # green
+    "fp": (60, 60, 230),  # red
+    "fn": (230, 150, 40),  # blue
+    "not scored": (25, 25, 25),
+}
+
+
+def _shrink(image: np.ndarray, max_side: int, interpolation: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+def probability_preview(prob: np.ndarray, *, max_side: int = 1024) -> np.ndarray:
+    """uint8 (H, W) probability map -> BGR uint8 (h, w, 3), inferno colours, ≤ max_side."""
+    return cv2.applyColorMap(_shrink(prob, max_side, cv2.INTER_AREA), cv2.COLORMAP_INFERNO)
+
+
+def oof_overlay(
+    pred: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    *,
+    scored: np.ndarray | None = None,
+    max_side: int = 1024,
+) -> np.ndarray:
+    """Binary pred vs labels (H, W) -> BGR uint8 (h, w, 3): TP green, FP red, FN blue.
+
+    `scored` (bool (H, W)) marks the held-out pixels; the rest of the mask is drawn dark.
+    """
+    classes = np.zeros(pred.shape, np.uint8)  # 0 = outside the mask
+    pred, labels = pred.astype(bool), labels.astype(bool)
+    classes[mask] = 1
+    classes[mask & pred & labels] = 2
+    classes[mask & pred & ~labels] = 3
+    classes[mask & ~pred & labels] = 4
+    if scored is not None:
+        classes[mask & ~scored] = 5
+    palette = np.array([COLOURS[k] for k in COLOURS], np.uint8)
+    # shrink the class map first (nearest), then colour: no full-size colour image
+    return palette[_shrink(classes, max_side, cv2.INTER_NEAREST)]
+
+
+def threshold_plot(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], chosen: float, path: Path, *, title: str = ""
+) -> None:
+    """F0.5 against threshold, one line per curve, a vertical line at `chosen`; PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, (thresholds, scores) in curves.items():
+        ax.plot(thresholds, scores, label=f"{label} (max {np.max(scores):.3f})")
+    ax.axvline(chosen, color="grey", linestyle="--", label=f"threshold {chosen:.3f}")
+    ax.set(xlabel="threshold", ylabel="F0.5", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
