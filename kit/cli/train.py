@@ -1,4 +1,8 @@
-"""Fine-tune one fold (SAM or U-Net) and write a run directory."""
+"""Fine-tune one fold (SAM or U-Net) and write a run directory.
+
+Single process: `python -m kit train --data DIR --fold K`; several GPUs (DDP):
+`torchrun --nproc_per_node N -m kit train --data DIR --fold K`.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset directory (with train/)")
     p.add_argument("--fold", type=int, required=True, help="fold to hold out (folds CSV)")
     p.add_argument("--config", default="cpu-demo", help="preset name or YAML path")
-    p.add_argument("--folds", default="folds.csv", help="folds CSV")
+    p.add_argument("--folds", default="folds.csv",
+                   help="folds CSV (default: ./folds.csv, else DATA/folds.csv)")  # fmt: skip
     p.add_argument("--sam-checkpoint", default=None, help="Meta SAM checkpoint to start from")
-    p.add_argument("--out", default=None, help="run directory (default runs/<config>-fold<K>)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<config>/fold<K>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
     p.add_argument("--log-images", action="store_true", help="write a preview per validation")
+    p.add_argument(
+        "--device", default=None, help="torch device (default: the rank's GPU, else cpu)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from kit.errors import KitError
+    from pathlib import Path
 
-    raise KitError("train is not built yet")
+    from kit.config import apply_overrides, load_config
+    from kit.errors import KitError
+    from kit.train.loop import train_fold
+
+    data = Path(args.data)
+    if not (data / "train").is_dir():
+        raise KitError(f"{data / 'train'} does not exist: --data must be a dataset directory")
+    config = load_config(args.config, args.overrides)
+    if args.sam_checkpoint:
+        if not Path(args.sam_checkpoint).is_file():
+            raise KitError(f"--sam-checkpoint {args.sam_checkpoint} does not exist")
+        config = apply_overrides(
+            config, [f"model.pretrained={Path(args.sam_checkpoint).resolve()}"]
+        )
+    folds = Path(args.folds)
+    if not folds.is_file() and args.folds == "folds.csv" and (data / "folds.csv").is_file():
+        folds = data / "folds.csv"
+    if not folds.is_file():
+        raise KitError(
+            f"folds CSV {folds} does not exist; write one with "
+            f"`python -m kit folds --data {data} --out {data / 'folds.csv'}`"
+        )
+    if args.max_steps is not None and args.max_steps < 1:
+        raise KitError(f"--max-steps must be at least 1, got {args.max_steps}")
+    out = Path(args.out) if args.out else Path("runs") / config.name / f"fold{args.fold}"
+    summary = train_fold(
+        config, data_dir=data, fold=args.fold, folds_csv=folds, out=out,
+        max_steps=args.max_steps, resume=args.resume, log_images=args.log_images,
+        device=args.device,
+    )  # fmt: skip
+    if summary["best_f05"] is not None:
+        print(f"{out}: step {summary['step']}, best held-out F0.5 {summary['best_f05']:.4f} "
+              f"at threshold {summary['threshold']:.3f}")  # fmt: skip
+    return 0
