@@ -1,4 +1,10 @@
-"""Out-of-fold F0.5 per fold and pooled, and the threshold that maximises it."""
+"""Out-of-fold F0.5 per fold and pooled, and the threshold that maximises it.
+
+Reads each run's oof/<fragment>.png and oof/regions.csv, with labels and masks from the dataset
+(--data, else the `data` recorded in the run's run.json). Runs of the same fold (e.g. a SAM and a
+U-Net) are averaged as `predict` would (RUN:W sets a weight); each member is scored too.
+Writes <OUT>/evaluation.json (threshold, pooled and per-fold scores) and pictures in <OUT>.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,47 @@ HELP = "out-of-fold F0.5 per fold and pooled, and the best threshold"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs", nargs="+", required=True, help="run directories")
+    p.add_argument("--runs", nargs="+", required=True, help="run directories (RUN:W sets a weight)")
+    p.add_argument("--data", default=None, help="dataset the runs trained on (default: run.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where evaluation.json and pictures go (default: the runs' common parent)",
+    )
+    p.add_argument("--no-pictures", action="store_true", help="skip overlays and plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    from kit.errors import KitError
+    import json
+    import os
+    from pathlib import Path
 
-    raise KitError("evaluate is not built yet")
+    from kit.evaluate import draw_pictures, evaluate_runs, format_table, load_oof_run
+    from kit.infer.ensemble import parse_spec
+
+    runs = [load_oof_run(spec, args.data) for spec in args.runs]
+    if args.out is not None:
+        out = Path(args.out)
+    else:
+        parents = [str(Path(parse_spec(s)[0]).resolve().parent) for s in args.runs]
+        out = Path(os.path.commonpath(parents))
+    evaluation = evaluate_runs(runs, progress=not args.no_progress)
+    summary = evaluation.summary()
+    summary["runs"] = [
+        {"run": str(r.path), "fold": r.fold, "member": r.member, "weight": r.weight} for r in runs
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "evaluation.json"
+    tmp = path.with_name(".evaluation.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
+    if not args.no_pictures:
+        draw_pictures(evaluation, runs, out)
+    print(format_table(summary))
+    above = summary["ensemble_above_members"]
+    if above is not None:
+        print(f"ensemble above every member: {'yes' if above else 'NO'}")
+    print(f"out-of-fold F0.5 {summary['f05']:.4f} at threshold {summary['threshold']:.4f}")
+    print(f"wrote {path}")
+    return 0

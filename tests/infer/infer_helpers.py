@@ -104,3 +104,52 @@ def make_run(root: Path, name: str, config: Config, seed: int) -> Path:
     state = {"config": config_to_dict(config), "model": model.state_dict()}
     save_checkpoint(run / "checkpoints" / "best.pt", state)
     return run
+
+
+def write_oof_run(
+    root: Path,
+    member: str,
+    fold: int,
+    regions: list[tuple[str, float, float]],
+    data: Path,
+    *,
+    seed: int,
+    noise: float,
+) -> Path:
+    """A run directory with OOF maps = labels blurred by noise on the held-out rows, 0 elsewhere."""
+    import json
+
+    from kit.config import save_config
+    from kit.data.folds import Region
+
+    rng = np.random.default_rng(seed)
+    run = root / member / f"fold{fold}"
+    (run / "oof").mkdir(parents=True)
+    config = Config(name=member)
+    save_config(config, run / "config.yaml")
+    (run / "run.json").write_text(json.dumps({"data": str(data), "fold": fold}))
+    lines = ["fragment,fold,row_start,row_end"]
+    maps: dict[str, np.ndarray] = {}
+    for fragment_id, start, end in regions:
+        labels = cv2.imread(str(data / "train" / fragment_id / "inklabels.png"), 0) > 0
+        prob = maps.get(fragment_id)
+        if prob is None:
+            prob = np.zeros(labels.shape, np.uint8)
+        r0, r1 = Region(fragment_id, fold, start, end).rows(labels.shape[0])
+        value = np.clip(labels * 0.6 + 0.2 + rng.normal(0, noise, labels.shape), 0, 1)
+        prob[r0:r1] = np.rint(value[r0:r1] * 255).astype(np.uint8)
+        maps[fragment_id] = prob
+        lines.append(f"{fragment_id},{fold},{start},{end}")
+    for fragment_id, prob in maps.items():
+        cv2.imwrite(str(run / "oof" / f"{fragment_id}.png"), prob)
+    (run / "oof" / "regions.csv").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def write_train_data(root: Path) -> Path:
+    """DATA/train/{1,2} with blobby ink labels."""
+    for i, (name, shape) in enumerate([("1", (60, 50)), ("2", (90, 40))]):
+        rng = np.random.default_rng(i)
+        labels = cv2.GaussianBlur(rng.random(shape), (0, 0), 3) > 0.5
+        write_fragment(root / "train", name, shape=shape, labels=labels, n_slices=2, seed=i)
+    return root

@@ -1,0 +1,301 @@
+"""Out-of-fold scoring: F0.5 per fold and pooled, the pooled-optimal threshold, members vs ensemble.
+
+    load_oof_run(spec, data=None) -> OOFRun          a run directory's OOF maps and held-out regions
+    evaluate_runs(runs)           -> Evaluation      per fold/member histograms -> scores
+    draw_pictures(evaluation, runs, out)             overlays (TP/FP/FN) and threshold plots
+
+Each run directory holds oof/<fragment>.png (uint8 probability on its held-out rows) and
+oof/regions.csv (the held-out regions). Runs of the same fold from different model families are
+averaged with the same arithmetic as `predict` (kit.infer.ensemble.mean_maps). Scores come from
+global TP/FP/FN counts: per fold over its regions, pooled over all regions of all folds. Each
+map is reduced to two 256-bin histograms (ink / no ink) of its held-out papyrus pixels, so every
+threshold k/255 is scored at once and pooling is a sum.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kit.data.fragment import Fragment
+from kit.errors import KitError
+from kit.infer.ensemble import mean_maps, parse_spec
+from kit.metrics import BETA
+
+LEVELS = np.arange(1, 256)  # threshold k/255 for k = 1..255: every distinct 8-bit cut
+THRESHOLDS = LEVELS / 255
+
+
+@dataclass
+class OOFRun:
+    path: Path
+    fold: int
+    member: str  # which model this run is a fold of: "<config name> (<family> <variant>)"
+    weight: float
+    data: Path  # dataset root (train/<id>/...) or a directory of fragments
+    regions: list  # kit.data.folds.Region
+
+
+@dataclass
+class Scores:
+    """Histograms of held-out papyrus pixels by 8-bit level: ink (pos) and no ink (neg)."""
+
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    neg: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+
+    def add(self, other: Scores) -> None:
+        self.pos += other.pos
+        self.neg += other.neg
+
+    def curve(self) -> np.ndarray:
+        """F0.5 at THRESHOLDS, float64 (255,)."""
+        tp = np.cumsum(self.pos[::-1])[::-1][LEVELS].astype(np.float64)
+        fp = np.cumsum(self.neg[::-1])[::-1][LEVELS].astype(np.float64)
+        fn = self.pos.sum() - tp
+        b2 = BETA * BETA
+        denom = (1 + b2) * tp + b2 * fn + fp
+        return np.divide((1 + b2) * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+    def best(self) -> tuple[float, float]:
+        curve = self.curve()
+        i = int(np.argmax(curve))
+        return float(THRESHOLDS[i]), float(curve[i])
+
+    def at(self, threshold: float) -> float:
+        k = int(np.clip(np.ceil(threshold * 255 - 1e-9), 1, 255))
+        return float(self.curve()[k - 1])
+
+
+@dataclass
+class Evaluation:
+    folds: dict[int, dict[str, Scores]]  # fold -> member name or "ensemble" -> scores
+    members: list[str]
+
+    def pooled(self, name: str) -> Scores:
+        total = Scores()
+        for scores in self.folds.values():
+            if name in scores:
+                total.add(scores[name])
+        return total
+
+    def summary(self) -> dict:
+        """The content of evaluation.json: thresholds and scores, pooled and per fold."""
+        threshold, score = self.pooled("ensemble").best()
+        members = {}
+        for m in self.members:
+            t, s = self.pooled(m).best()
+            folds = sorted(f for f, sc in self.folds.items() if m in sc)
+            members[m] = {"threshold": t, "f05": s, "folds": folds}
+        folds = {}
+        for fold, scores in sorted(self.folds.items()):
+            best_t, best_s = scores["ensemble"].best()
+            folds[str(fold)] = {
+                "f05": scores["ensemble"].at(threshold),
+                "best_threshold": best_t,
+                "best_f05": best_s,
+                "members": {
+                    m: s.at(members[m]["threshold"]) for m, s in scores.items() if m != "ensemble"
+                },
+            }
+        full = [m for m in self.members if len(members[m]["folds"]) == len(self.folds)]
+        return {
+            "threshold": threshold,
+            "f05": score,
+            "folds": folds,
+            "members": members,
+            "ensemble_above_members": all(score > members[m]["f05"] for m in full)
+            if len(full) > 1
+            else None,
+        }
+
+
+def load_oof_run(spec: str, data: str | Path | None = None) -> OOFRun:
+    """A run directory (`RUN` or `RUN:WEIGHT`) with its held-out regions and dataset."""
+    from kit.config import load_config
+    from kit.data.folds import load_folds
+
+    path_str, weight = parse_spec(spec)
+    path = Path(path_str)
+    regions_csv = path / "oof" / "regions.csv"
+    if not path.is_dir():
+        raise KitError(f"run directory {path} does not exist")
+    if not regions_csv.is_file():
+        raise KitError(f"{regions_csv} is missing: {path} is not a training run directory")
+    regions = load_folds(regions_csv)
+    folds = {r.fold for r in regions}
+    if len(folds) != 1:
+        raise KitError(f"{regions_csv} holds regions of folds {sorted(folds)}; expected one fold")
+    run_json = _read_json(path / "run.json")
+    data = Path(data) if data is not None else run_json.get("data")
+    if data is None:
+        raise KitError(f"{path}/run.json does not name the dataset; pass --data DATA_DIR")
+    config = load_config(str(path / "config.yaml")) if (path / "config.yaml").is_file() else None
+    member = (
+        f"{config.name} ({config.model.family} {config.model.variant})"
+        if config
+        else path.parent.name
+    )
+    return OOFRun(path, folds.pop(), member, 1.0 if weight is None else weight, Path(data), regions)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise KitError(f"{path} is not valid JSON ({exc}); delete it or fix it") from exc
+
+
+def fragment_dir(data: Path, fragment_id: str) -> Path:
+    """DATA/train/<id> in the competition layout, else DATA/<id>."""
+    for candidate in (data / "train" / fragment_id, data / fragment_id):
+        if (candidate / "surface_volume").is_dir():
+            return candidate
+    raise KitError(
+        f"fragment {fragment_id!r} not found under {data} (looked in train/{fragment_id} and "
+        f"{fragment_id}); pass the dataset the runs were trained on with --data"
+    )
+
+
+def fold_maps(
+    runs: list[OOFRun],
+) -> Iterator[tuple[int, Fragment, np.ndarray, dict[str, np.ndarray], np.ndarray]]:
+    """Per fold and fragment: (fold, fragment, scored bool (H, W), member maps, ensemble map)."""
+    by_fold: dict[int, list[OOFRun]] = {}
+    for run in runs:
+        by_fold.setdefault(run.fold, []).append(run)
+    for fold, members in sorted(by_fold.items()):
+        names = _unique_names([r.member for r in members])
+        fragment_ids = sorted({r.fragment for r in members[0].regions})
+        for fragment_id in fragment_ids:
+            fragment = Fragment(fragment_dir(members[0].data, fragment_id))
+            scored = np.zeros(fragment.shape, bool)
+            for r in members[0].regions:
+                if r.fragment == fragment_id:
+                    r0, r1 = r.rows(fragment.shape[0])
+                    scored[r0:r1] = True
+            scored &= fragment.mask()
+            maps = {
+                name: _read_oof(run, fragment) for name, run in zip(names, members, strict=True)
+            }
+            ensemble = mean_maps(list(maps.values()), [r.weight for r in members])
+            yield fold, fragment, scored, maps, ensemble
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} #{seen[n]}")
+    return out
+
+
+def _read_oof(run: OOFRun, fragment: Fragment) -> np.ndarray:
+    path = run.path / "oof" / f"{fragment.id}.png"
+    if not path.is_file():
+        raise KitError(f"{path} is missing: the run has not validated yet (no best.pt saved)")
+    prob = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if prob is None or prob.dtype != np.uint8 or prob.ndim != 2:
+        raise KitError(f"{path} is not an 8-bit grayscale probability map")
+    if prob.shape != fragment.shape:
+        raise KitError(
+            f"{path} is {prob.shape[0]}×{prob.shape[1]} but fragment {fragment.path} is "
+            f"{fragment.shape[0]}×{fragment.shape[1]}: was the run trained on another dataset?"
+        )
+    return prob
+
+
+def histograms(prob: np.ndarray, labels: np.ndarray, scored: np.ndarray) -> Scores:
+    """Scores of uint8 prob vs labels (H, W) over the `scored` pixels."""
+    levels, ink = prob[scored], labels[scored] > 0
+    return Scores(np.bincount(levels[ink], minlength=256), np.bincount(levels[~ink], minlength=256))
+
+
+def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
+    """Histogram every fold's member and ensemble OOF maps over its held-out papyrus pixels."""
+    from tqdm import tqdm
+
+    if not runs:
+        raise KitError("no run directories to evaluate")
+    folds: dict[int, dict[str, Scores]] = {}
+    members: list[str] = []
+    n_items = len({(run.fold, r.fragment) for run in runs for r in run.regions})
+    for fold, fragment, scored, maps, ensemble in tqdm(
+        fold_maps(runs), desc="evaluate", unit="fragment", disable=not progress, total=n_items
+    ):
+        labels = fragment.labels()
+        if labels is None:
+            raise KitError(
+                f"{fragment.path / 'inklabels.png'} is missing: cannot score fold {fold}"
+            )
+        scores = folds.setdefault(fold, {})
+        for name, prob in [*maps.items(), ("ensemble", ensemble)]:
+            scores.setdefault(name, Scores()).add(histograms(prob, labels, scored))
+            if name != "ensemble" and name not in members:
+                members.append(name)
+    return Evaluation(folds, members)
+
+
+def draw_pictures(evaluation: Evaluation, runs: list[OOFRun], out: Path) -> list[Path]:
+    """Per fold: OOF overlays at the pooled threshold and a threshold-vs-F0.5 plot; a pooled plot."""
+    from kit.metrics import binarize
+    from kit.pictures import oof_overlay, threshold_plot
+
+    summary = evaluation.summary()
+    threshold = summary["threshold"]
+    written = []
+    for fold, fragment, scored, _, ensemble in fold_maps(runs):
+        labels = fragment.labels()
+        image = oof_overlay(binarize(ensemble, threshold), labels, fragment.mask(), scored=scored)
+        path = out / f"fold{fold}_{fragment.id}_overlay.png"
+        cv2.imwrite(str(path), image)
+        written.append(path)
+    for fold, scores in evaluation.folds.items():
+        path = out / f"fold{fold}_threshold.png"
+        curves = {name: (THRESHOLDS, s.curve()) for name, s in scores.items()}
+        threshold_plot(curves, threshold, path, title=f"fold {fold}")
+        written.append(path)
+    curves = {f"fold {f}": (THRESHOLDS, s["ensemble"].curve()) for f, s in evaluation.folds.items()}
+    curves["pooled"] = (THRESHOLDS, evaluation.pooled("ensemble").curve())
+    curves.update({m: (THRESHOLDS, evaluation.pooled(m).curve()) for m in evaluation.members})
+    threshold_plot(curves, threshold, out / "threshold_f05.png", title="out-of-fold F0.5")
+    written.append(out / "threshold_f05.png")
+    return written
+
+
+def format_table(summary: dict) -> str:
+    """Plain-text table: one line per fold, then pooled; members as columns."""
+    members = list(summary["members"])
+    head = ["fold", "ensemble", *members]
+    rows = [head]
+    for fold, s in summary["folds"].items():
+        rows.append(
+            [
+                fold,
+                f"{s['f05']:.4f}",
+                *(f"{s['members'].get(m, float('nan')):.4f}" for m in members),
+            ]
+        )
+    rows.append(
+        [
+            "pooled",
+            f"{summary['f05']:.4f}",
+            *(f"{summary['members'][m]['f05']:.4f}" for m in members),
+        ]
+    )
+    rows.append(
+        [
+            "threshold",
+            f"{summary['threshold']:.4f}",
+            *(f"{summary['members'][m]['threshold']:.4f}" for m in members),
+        ]
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)

@@ -1,0 +1,132 @@
+"""`evaluate`: pooled and per-fold F0.5 from global counts, ensemble of members, json + pictures."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from infer_helpers import write_oof_run, write_train_data
+
+from kit.cli import main
+from kit.data.folds import Region
+from kit.data.fragment import Fragment
+from kit.evaluate import evaluate_runs, load_oof_run
+from kit.infer.ensemble import mean_maps
+from kit.metrics import best_threshold, binarize, f05_score
+
+FOLDS = {0: [("1", 0.0, 1.0), ("2", 0.0, 0.5)], 1: [("2", 0.5, 1.0)]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = write_train_data(root / "data")
+    paths = []
+    for member, noise in [("sam", 0.25), ("unet", 0.3)]:
+        for fold, regions in FOLDS.items():
+            paths.append(
+                write_oof_run(
+                    root / "runs", member, fold, regions, data, seed=len(paths), noise=noise
+                )
+            )
+    return root, data, paths
+
+
+def _scored(data, fold):
+    """Per fragment: (labels, scored pixels) of a fold's held-out regions, by brute force."""
+    out = {}
+    for fid, start, end in FOLDS[fold]:
+        fragment = Fragment(data / "train" / fid)
+        labels, scored = out.get(fid, (fragment.labels(), np.zeros(fragment.shape, bool)))
+        r0, r1 = Region(fid, fold, start, end).rows(fragment.shape[0])
+        scored[r0:r1] = fragment.mask()[r0:r1]
+        out[fid] = (labels, scored)
+    return out
+
+
+def _ensemble(runs, fold, fid):
+    maps = [cv2.imread(str(r / "oof" / f"{fid}.png"), 0) for r in runs if r.name == f"fold{fold}"]
+    return mean_maps(maps, [1] * len(maps))
+
+
+def test_pooled_and_fold_scores_match_brute_force(runs):
+    _, data, paths = runs
+    summary = evaluate_runs([load_oof_run(str(p)) for p in paths], progress=False).summary()
+    probs, targets = [], []
+    for fold in FOLDS:
+        for fid, (labels, scored) in _scored(data, fold).items():
+            probs.append(_ensemble(paths, fold, fid)[scored])
+            targets.append(labels[scored])
+    t, s = best_threshold(
+        np.concatenate(probs), np.concatenate(targets), thresholds=np.arange(1, 256) / 255
+    )
+    assert summary["threshold"] == pytest.approx(t) and summary["f05"] == pytest.approx(s)
+    for fold in FOLDS:
+        pred = np.concatenate(
+            [
+                binarize(_ensemble(paths, fold, fid)[sc], t)
+                for fid, (_, sc) in _scored(data, fold).items()
+            ]
+        )
+        target = np.concatenate([lab[sc] for lab, sc in _scored(data, fold).values()])
+        assert summary["folds"][str(fold)]["f05"] == pytest.approx(f05_score(pred, target))
+    assert set(summary["members"]) == {"sam (sam vit_b)", "unet (sam vit_b)"}
+    assert summary["members"]["sam (sam vit_b)"]["folds"] == [0, 1]
+    # two noisy members of independent noise: their mean is better than either
+    assert summary["ensemble_above_members"] is True
+    assert 0.5 < summary["f05"] <= 1
+
+
+def test_cli_writes_json_table_and_pictures(runs, capsys):
+    root, data, paths = runs
+    out = root / "evaluation"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--no-progress",
+                "--runs",
+                *map(str, paths),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert (
+        "pooled" in printed
+        and "threshold" in printed
+        and "ensemble above every member: yes" in printed
+    )
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert {"threshold", "f05", "folds", "members", "runs"} <= set(summary)
+    for name in [
+        "fold0_1_overlay.png",
+        "fold0_2_overlay.png",
+        "fold1_2_overlay.png",
+        "fold0_threshold.png",
+        "threshold_f05.png",
+    ]:
+        assert cv2.imread(str(out / name)) is not None, name
+    overlay = cv2.imread(str(out / "fold1_2_overlay.png"))
+    assert len(np.unique(overlay.reshape(-1, 3), axis=0)) >= 4  # TP, FP, FN, background colours
+
+
+def test_single_member_weighting_and_default_out(runs):
+    root, _, paths = runs
+    sam = [p for p in paths if p.parent.name == "sam"]
+    assert main(["evaluate", "--no-progress", "--no-pictures", "--runs", *map(str, sam)]) == 0
+    summary = json.loads((root / "runs" / "sam" / "evaluation.json").read_text())
+    assert summary["ensemble_above_members"] is None
+    assert summary["f05"] == pytest.approx(summary["members"]["sam (sam vit_b)"]["f05"])
+
+
+def test_missing_oof_and_data(runs, tmp_path, capsys):
+    _, _, paths = runs
+    assert main(["evaluate", "--runs", str(tmp_path / "nope")]) == 2
+    assert "nope does not exist" in capsys.readouterr().err
+    assert main(["evaluate", "--runs", str(paths[0]), "--data", str(tmp_path)]) == 2
+    assert "not found under" in capsys.readouterr().err
