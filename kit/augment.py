@@ -8,7 +8,8 @@ augmented the same way for the same generator state (resume reproduces the next 
 differently for every sample. Geometric transforms (flip, rot90, affine) move the image and the
 label together: the same grid samples both, bilinear for the image, nearest for the label, so the
 label stays a {0, 1} map exactly aligned with what the model sees. Intensity transforms touch the
-image only.
+image only. The `random_*` steps write into the tensors they are given (and return them);
+`augment_batch` copies its inputs once, so callers' tensors are never modified.
 
 Parameters are drawn here rather than by `kornia.augmentation`, because kornia draws from the
 global RNG and cannot take a generator; the warps themselves are plain `affine_grid`/`grid_sample`.
@@ -29,6 +30,7 @@ def augment_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augmented copies of x (B, C, T, T) and y (B, 1, T, T); see the module docstring."""
     g = generator
+    x, y = x.clone(), y.clone()  # the transforms below work in place
     x, y = random_flip(x, y, p=config.p_flip, generator=g)
     x, y = random_rot90(x, y, p=config.p_rot90, generator=g)
     x, y = random_affine(x, y, config=config, generator=g)
@@ -51,6 +53,20 @@ def _chosen(p: float, like: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return _rand((like.shape[0],), like, g) < p
 
 
+def _apply(x: torch.Tensor, chosen: torch.Tensor, fn) -> torch.Tensor:
+    """x (in place) with fn(x[i:i+1], i) written over each chosen sample i; returns x.
+
+    A loop over per-sample views: gathering the chosen samples with advanced indexing costs more
+    than the transforms themselves on a CPU, and in-place `fn`s then copy nothing at all.
+    """
+    for i in chosen.nonzero().flatten().tolist():
+        view = x[i : i + 1]
+        out = fn(view, i)
+        if out.data_ptr() != view.data_ptr():
+            view.copy_(out)
+    return x
+
+
 def _per_sample(value: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, 1, 1), to broadcast over (B, C, H, W)."""
     return value[:, None, None, None]
@@ -61,9 +77,9 @@ def random_flip(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Horizontal and vertical flips, each with probability p per sample."""
     for dim in (-1, -2):
-        flip = _per_sample(_chosen(p, x, generator))
-        x = torch.where(flip, x.flip(dim), x)
-        y = torch.where(flip, y.flip(dim), y)
+        flip = _chosen(p, x, generator)
+        x = _apply(x, flip, lambda v, _: v.flip(dim))  # noqa: B023 (called right away)
+        y = _apply(y, flip, lambda v, _: v.flip(dim))  # noqa: B023
     return x, y
 
 
@@ -76,14 +92,11 @@ def random_rot90(
         1 + (_rand((x.shape[0],), x, generator) * 3).long().clamp_(max=2),
         torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
     )
-    if x.shape[-1] != x.shape[-2] or not bool(turns.any()):
+    if x.shape[-1] != x.shape[-2]:
         return x, y
-    x, y = x.clone(), y.clone()
-    for k in (1, 2, 3):
-        idx = (turns == k).nonzero().flatten()
-        if len(idx):
-            x[idx] = torch.rot90(x[idx], k, dims=(-2, -1))
-            y[idx] = torch.rot90(y[idx], k, dims=(-2, -1))
+    k = turns.tolist()
+    x = _apply(x, turns > 0, lambda v, i: torch.rot90(v, k[i], dims=(-2, -1)))
+    y = _apply(y, turns > 0, lambda v, i: torch.rot90(v, k[i], dims=(-2, -1)))
     return x, y
 
 
@@ -108,7 +121,6 @@ def random_affine(
         dim=1,
     )  # (n, 2, 3): output pixel -> source pixel, in [-1, 1] grid units
     grid = F.affine_grid(theta, list(x[idx].shape), align_corners=False)
-    x, y = x.clone(), y.clone()
     x[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y[idx] = F.grid_sample(y[idx], grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return x, y
@@ -126,11 +138,15 @@ def random_zshift(
     if max_shift <= 0 or c < 2:
         return x
     draw = (_rand((b,), x, generator) * (2 * max_shift + 1)).long().clamp_(max=2 * max_shift)
-    shift = torch.where(_chosen(p, x, generator), draw - max_shift, torch.zeros_like(draw))
-    source = torch.arange(c, device=x.device)[None, :] + shift[:, None]  # (B, C)
-    valid = (source >= 0) & (source < c)
-    index = source.clamp(0, c - 1)[:, :, None, None].expand_as(x)
-    return torch.gather(x, 1, index) * valid[:, :, None, None]
+    shift = draw - max_shift
+
+    def move(v: torch.Tensor, i: int) -> torch.Tensor:
+        source = torch.arange(c, device=x.device)[None, :] + shift[i]  # (1, C)
+        valid = (source >= 0) & (source < c)
+        index = source.clamp(0, c - 1)[:, :, None, None].expand_as(v)
+        return torch.gather(v, 1, index) * valid[:, :, None, None]
+
+    return _apply(x, _chosen(p, x, generator) & (shift != 0), move)
 
 
 def random_intensity(
@@ -141,12 +157,17 @@ def random_intensity(
     Gamma acts on |x| keeping the sign, so it is defined for mean/std-normalised inputs too.
     """
     g, b = generator, x.shape[0]
-    chosen = _per_sample(_chosen(config.p_intensity, x, g))
+    chosen = _chosen(config.p_intensity, x, g)
     gamma = _per_sample(torch.exp((_rand((b,), x, g) * 2 - 1) * config.gamma))
     contrast = _per_sample(1 + (_rand((b,), x, g) * 2 - 1) * config.contrast)
     brightness = _per_sample((_rand((b,), x, g) * 2 - 1) * config.brightness)
-    out = torch.sign(x) * x.abs().pow(gamma) * contrast + brightness
-    return torch.where(chosen, out, x)
+
+    def adjust(v: torch.Tensor, i: int) -> torch.Tensor:
+        if bool((v >= 0).all()):  # percentile-normalised input: the cheap in-place path
+            return v.pow_(gamma[i]).mul_(contrast[i]).add_(brightness[i])
+        return torch.sign(v) * v.abs().pow(gamma[i]) * contrast[i] + brightness[i]
+
+    return _apply(x, chosen, adjust)
 
 
 def random_slice_jitter(
@@ -155,8 +176,7 @@ def random_slice_jitter(
     """With probability p, scale each slice by its own factor in 1 ± amount (scanner drift)."""
     b, c = x.shape[:2]
     factor = 1 + (_rand((b, c), x, generator) * 2 - 1) * amount
-    factor = torch.where(_chosen(p, x, generator)[:, None], factor, torch.ones_like(factor))
-    return x * factor[:, :, None, None]
+    return _apply(x, _chosen(p, x, generator), lambda v, i: v.mul_(factor[i, :, None, None]))
 
 
 def random_slice_dropout(
@@ -167,7 +187,7 @@ def random_slice_dropout(
     drop = _rand((b, c), x, generator) < rate
     drop &= _chosen(p, x, generator)[:, None]
     drop &= ~drop.all(dim=1, keepdim=True)
-    return x * (~drop)[:, :, None, None]
+    return _apply(x, drop.any(dim=1), lambda v, i: v.mul_((~drop[i])[:, None, None]))
 
 
 def random_coarse_dropout(
@@ -183,20 +203,21 @@ def random_coarse_dropout(
     top = (_rand((b, holes), x, g) * (h - side_y + 1)).long()
     left = (_rand((b, holes), x, g) * (w - side_x + 1)).long()
     chosen = _chosen(config.p_coarse_dropout, x, g)
-    if holes == 0 or not bool(chosen.any()):
-        return x
-    rows = torch.arange(h, device=x.device)[None, None, :]
-    cols = torch.arange(w, device=x.device)[None, None, :]
-    in_rows = (rows >= top[..., None]) & (rows < top[..., None] + side_y)  # (B, holes, H)
-    in_cols = (cols >= left[..., None]) & (cols < left[..., None] + side_x)  # (B, holes, W)
-    hole = (in_rows[..., :, None] & in_cols[..., None, :]).any(dim=1)  # (B, H, W)
-    hole &= chosen[:, None, None]
-    return x * (~hole)[:, None]
+    # A few slice assignments per sample beat building (B, holes, H, W) masks by far.
+    for i in chosen.nonzero().flatten().tolist():
+        for y0, x0 in zip(top[i].tolist(), left[i].tolist(), strict=True):
+            x[i, :, y0 : y0 + side_y, x0 : x0 + side_x] = 0
+    return x
 
 
 def random_noise(
     x: torch.Tensor, *, p: float, std: float, generator: torch.Generator
 ) -> torch.Tensor:
     """With probability p, add Gaussian noise of standard deviation `std`."""
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * std
-    return x + noise * _per_sample(_chosen(p, x, generator))
+    chosen = _chosen(p, x, generator)
+
+    def add(v: torch.Tensor, _: int) -> torch.Tensor:
+        noise = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
+        return v.add_(noise.mul_(std))
+
+    return _apply(x, chosen, add)

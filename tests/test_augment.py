@@ -36,7 +36,7 @@ def _near_edge(y: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("transform", [random_flip, random_rot90])
 def test_exact_geometric_transforms_keep_label_aligned(transform):
     x, y = _blocks()
-    xa, ya = transform(x, y, p=1.0, generator=_generator())
+    xa, ya = transform(x.clone(), y.clone(), p=1.0, generator=_generator())
     assert not torch.equal(ya, y)  # something moved
     assert torch.equal(xa, ya.expand_as(xa))
 
@@ -44,7 +44,7 @@ def test_exact_geometric_transforms_keep_label_aligned(transform):
 def test_affine_keeps_label_aligned_up_to_interpolated_edges():
     x, y = _blocks()
     config = dataclasses.replace(OFF, p_affine=1.0, rotate_deg=20.0, scale=0.2, shift=0.1)
-    xa, ya = random_affine(x, y, config=config, generator=_generator())
+    xa, ya = random_affine(x.clone(), y.clone(), config=config, generator=_generator())
     assert set(ya.unique().tolist()) <= {0.0, 1.0}
     mismatch = (xa[:, :1] > 0.5).float() != ya
     assert (ya != y).float().mean() > 0.1  # the warp moved the labels
@@ -89,7 +89,7 @@ def test_same_seed_same_batch_and_samples_differ():
 
 def test_zshift_moves_slices_and_zero_fills():
     x = torch.arange(6.0)[None, :, None, None].expand(5, 6, 2, 2).clone() + 1
-    out = random_zshift(x, p=1.0, max_shift=2, generator=_generator(4))
+    out = random_zshift(x.clone(), p=1.0, max_shift=2, generator=_generator(4))
     for sample in out:
         profile = sample[:, 0, 0]
         nz = profile[profile > 0]
@@ -102,5 +102,19 @@ def test_zshift_moves_slices_and_zero_fills():
 
 def test_all_probabilities_zero_is_identity():
     x, y = _blocks()
+    x0, y0 = x.clone(), y.clone()
     xa, ya = augment_batch(x, y, config=OFF, generator=_generator())
     assert torch.equal(xa, x) and torch.equal(ya, y)
+    xf, _ = augment_batch(x, y, config=AugmentConfig(p_noise=1.0), generator=_generator())
+    assert torch.equal(x, x0) and torch.equal(y, y0)  # inputs untouched
+    assert not torch.equal(xf, x)
+
+
+def test_coarse_dropout_zeroes_square_holes_and_keeps_labels():
+    x, y = torch.ones(3, 2, 40, 40), torch.ones(3, 1, 40, 40)
+    config = dataclasses.replace(OFF, p_coarse_dropout=1.0, coarse_holes=1, coarse_size=0.25)
+    xa, ya = augment_batch(x, y, config=config, generator=_generator())
+    assert torch.equal(ya, y)
+    for sample in xa:
+        assert int((sample[0] == 0).sum()) == 100  # one 10×10 hole
+        assert torch.equal(sample[0], sample[1])  # all slices of the hole

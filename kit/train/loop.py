@@ -390,14 +390,22 @@ class _Trainer:
 
     def _step(self, batch: dict) -> dict[str, float]:
         """One optimiser step over a loader batch; returns the mean loss parts."""
-        from kit.models.losses import segmentation_loss
+        return self._optimise(*self._prepare(batch))
 
+    def _prepare(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loader batch -> device, normalised and augmented: x (B, C, T, T), y (B, 1, T, T)."""
         nb = self.device.type == "cuda"
         x = batch["image"].to(self.device, non_blocking=nb)
         y = batch["label"].to(self.device, non_blocking=nb).float()
         x = normalize(x, batch["stats"], self.config.data)
         x, y = augment_batch(x, y, config=self.config.augment, generator=self.generator)
         self._last_batch = (x, y)
+        return x, y
+
+    def _optimise(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Forward/backward over micro-batches, clip, optimiser, scheduler and EMA steps."""
+        from kit.models.losses import segmentation_loss
+
         while True:
             try:
                 parts = self._accumulate(x, y, segmentation_loss)
