@@ -73,8 +73,9 @@ def _build_sam(config: Config) -> nn.Module:
 
 
 def _set_sam_trainable(model: nn.Module, config: Config) -> None:
-    """Freeze per train_mode, and always the prompt-encoder parts this prompt mode never uses
-    (mask prompts are never fed): unused trainable parameters break DDP's gradient sync."""
+    """Freeze per train_mode, and always what never gets a gradient: the prompt-encoder parts
+    this prompt mode does not use (mask prompts are never fed) and the IoU head when the IoU
+    loss is off. Unused trainable parameters break DDP's gradient sync."""
     from kit.models.lora import lora_param_names
 
     mode, prompt = config.model.train_mode, config.model.prompt
@@ -87,6 +88,8 @@ def _set_sam_trainable(model: nn.Module, config: Config) -> None:
         elif name.startswith("adapter."):
             # A cached embedding is only valid while the adapter in front of it is fixed.
             trainable = not (mode == "frozen" and config.train.embedding_cache)
+        elif name.startswith("mask_decoder.iou_prediction_head."):
+            trainable = config.loss.iou > 0
         elif name.startswith("prompt_encoder."):
             m = re.match(r"prompt_encoder\.point_embeddings\.(\d+)\.", name)
             if m:
