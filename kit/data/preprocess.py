@@ -74,7 +74,12 @@ def fragment_stats(fragment: Fragment, data: DataConfig, *, max_rows: int = 256)
 def normalize(batch: torch.Tensor, stats: torch.Tensor, data: DataConfig) -> torch.Tensor:
     """uint16/int (B, C, h, w) and stats (B, 2) = [offset, scale] -> float32 (B, C, h, w)."""
     stats = stats.to(batch.device, torch.float32)
-    x = (batch.to(torch.float32) - stats[:, 0, None, None, None]) / stats[:, 1, None, None, None]
+    # in place on one float32 copy: half the time of out-of-place ops on CPU, same values
+    x = (
+        batch.to(torch.float32, copy=True)  # never modify a float32 input in place
+        .sub_(stats[:, 0, None, None, None])
+        .div_(stats[:, 1, None, None, None])
+    )
     return x.clamp_(0.0, 1.0) if data.norm == "percentile" or data.input_mode == "ir" else x
 
 
