@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": "kit.cli.evaluate",
     "submit": "kit.cli.submit",
     "validate": "kit.cli.validate",
+    "report": "kit.cli.report",
 }
 
 
