@@ -1,0 +1,96 @@
+"""Offline test-time path for a Kaggle-style notebook: checkpoints + test data -> submission.csv.
+
+    python submission/predict.py --runs /kaggle/input/inkkit-runs --data /kaggle/input/vesuvius/test \
+        --out submission.csv [--kit /kaggle/input/inkkit-src] [--work /kaggle/working/pred]
+
+--runs is a directory of run directories (each with checkpoints/best.pt) and/or .pt files, or
+several of those; each checkpoint carries its config, so nothing else is needed. It runs exactly
+`python -m kit predict` then `python -m kit submit` (same code as the kit's CLI): the threshold
+is --threshold, else --percentile, else the evaluation.json found in --runs (copy the one
+`evaluate` wrote next to your runs), else config.post.threshold. No network access is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _import_kit(kit_path: str | None) -> None:
+    """Make `import kit` work from an attached dataset holding the source tree (or an install)."""
+    candidates = [Path(kit_path)] if kit_path else []
+    candidates.append(Path(__file__).resolve().parents[1])  # running from a checkout
+    for path in candidates:
+        if (path / "kit" / "__init__.py").is_file():
+            sys.path.insert(0, str(path))
+            return
+    try:
+        import kit  # noqa: F401  (installed from a wheel)
+    except ImportError:
+        raise SystemExit(
+            "cannot import kit: pass --kit DIR (the folder that holds kit/) or pip install the "
+            "inkkit wheel from an attached dataset (see submission/README.md)"
+        ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--runs", nargs="+", required=True, help="run dirs, .pt files or folders of them"
+    )
+    p.add_argument("--data", required=True, help="the test/ directory (or a fragment directory)")
+    p.add_argument("--out", default="submission.csv")
+    p.add_argument(
+        "--kit", default=None, help="folder holding the kit/ source (an attached dataset)"
+    )
+    p.add_argument("--work", default="predictions", help="where the probability maps go")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--percentile", type=float, default=None)
+    p.add_argument("--min-area", type=int, default=None)
+    p.add_argument("--tta", default=None, help="comma-separated TTA set, e.g. identity,hflip,vflip")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    _import_kit(args.kit)
+    from kit.cli import main as kit_main
+
+    predict = ["predict", "--data", args.data, "--runs", *args.runs, "--out", args.work]
+    if args.tta:
+        predict += ["--set", f"infer.tta=[{args.tta}]"]
+    if args.device:
+        predict += ["--device", args.device]
+    code = kit_main(predict)
+    if code:
+        return code
+    submit = ["submit", "--pred", args.work, "--data", args.data, "--out", args.out]
+    if args.threshold is not None:
+        submit += ["--threshold", str(args.threshold)]
+    elif args.percentile is not None:
+        submit += ["--percentile", str(args.percentile)]
+    else:
+        evaluation = _find_evaluation(args.runs)
+        if evaluation is not None:
+            submit += ["--evaluation", str(evaluation)]
+    if args.min_area is not None:
+        submit += ["--min-area", str(args.min_area)]
+    return kit_main(submit)
+
+
+def _find_evaluation(runs: list[str]) -> Path | None:
+    """evaluation.json in a --runs folder, its parent, or an evaluation/ folder next to it."""
+    from kit.infer.ensemble import parse_spec
+
+    for run in runs:
+        base = Path(parse_spec(run)[0])
+        base = base if base.is_dir() else base.parent
+        for candidate in (base / "evaluation.json", base / "evaluation" / "evaluation.json",
+                          base.parent / "evaluation.json", base.parent / "evaluation" / "evaluation.json"):  # fmt: skip
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
