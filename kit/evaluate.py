@@ -172,6 +172,12 @@ def fold_maps(
         by_fold.setdefault(run.fold, []).append(run)
     for fold, members in sorted(by_fold.items()):
         names = _unique_names([r.member for r in members])
+        for other in members[1:]:
+            if sorted(map(str, other.regions)) != sorted(map(str, members[0].regions)):
+                raise KitError(
+                    f"{other.path} and {members[0].path} are both fold {fold} but hold out "
+                    "different regions (oof/regions.csv): train them with the same folds CSV"
+                )
         fragment_ids = sorted({r.fragment for r in members[0].regions})
         for fragment_id in fragment_ids:
             fragment = Fragment(fragment_dir(members[0].data, fragment_id))

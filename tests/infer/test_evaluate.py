@@ -130,3 +130,10 @@ def test_missing_oof_and_data(runs, tmp_path, capsys):
     assert "nope does not exist" in capsys.readouterr().err
     assert main(["evaluate", "--runs", str(paths[0]), "--data", str(tmp_path)]) == 2
     assert "not found under" in capsys.readouterr().err
+
+
+def test_members_of_a_fold_must_hold_out_the_same_regions(runs, tmp_path, capsys):
+    _, data, paths = runs
+    odd = write_oof_run(tmp_path, "odd", 0, [("1", 0.0, 0.5)], data, seed=9, noise=0.2)
+    assert main(["evaluate", "--no-progress", "--runs", str(paths[0]), str(odd)]) == 2
+    assert "different regions" in capsys.readouterr().err
