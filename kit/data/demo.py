@@ -1,0 +1,326 @@
+"""Synthetic fragments in the competition layout: the kit's embedded dataset for demos and tests.
+
+    OUT/train/{1,2,3}/surface_volume/00..64.tif, mask.png, inklabels.png, inklabels_rle.csv, ir.png
+    OUT/test/{a,b}/surface_volume/00..64.tif, mask.png
+    OUT/sample_submission.csv   Id,Predicted (a valid placeholder per test fragment)
+    OUT/folds.csv               the standard split (kit.data.folds.STANDARD_FOLDS)
+    OUT/solution.csv            the test fragments' true labels (Id,Predicted,height,width)
+
+Geometry is the real fragments' × `scale` (default 1/16). Each fragment is a papyrus sheet whose
+front surface sits at a depth `surf(y, x)` that wanders smoothly between slices 29 and 35. The
+sheet is bright in the X-ray (a dense band ~12 slices thick behind the surface) with horizontal
+fibres in its front half and vertical fibres in its back half. Ink is a thin layer of slightly
+denser material a few slices behind the surface (peak 2.5 slices deep, σ 1.2 slices, so within
+slices ~30..40) that also smooths the front fibres. In any one slice the ink shift is below the noise; it becomes visible only by
+pooling over depth *and* over the stroke's area, which a spatial model does and a per-pixel
+model cannot. The infrared photograph shows the ink plainly (dark strokes on light papyrus).
+
+Test fragments a (top) and b (bottom) are one more synthetic fragment with fragment 1's
+geometry cut in two, as in the real public test set; their labels go to solution.csv only.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from kit import rle
+
+N_SLICES = 65
+DEFAULT_SCALE = 1 / 16
+# Real (H, W) of the competition fragments; test a on top of b has fragment 1's geometry.
+REAL_SHAPES = {"1": (8181, 6330), "2": (14830, 9506), "3": (7606, 5249)}
+TEST_SPLIT = {"a": (0, 2727), "b": (2727, 8181)}  # rows of the real fragment 1 geometry
+SURFACE_RANGE = (29.0, 35.0)  # front-surface depth range (slices); ink sits 0..3 slices behind
+
+# Intensities in uint16 counts. The ink peak (INK_DENSITY) is ~0.85 of the per-voxel noise
+# (NOISE plus fibre texture): below 1 in any single slice and pixel, clear over a stroke's area
+# and its ~3 slices. Measured at the default scale: best single-slice per-pixel threshold
+# F0.5 ~0.32, per-pixel logistic regression ~0.35, a masked box filter ~0.6, a 6-layer CNN
+# trained 1.5 min on 2 busy CPU cores ~0.72 (held-out fragment 1; see docs/data.md).
+BACKGROUND, PAPYRUS = 9000.0, 22000.0
+FIBRE_CONTRAST = 0.015
+NOISE = 2600.0
+INK_DENSITY = 2200.0
+INK_SMOOTHING = 0.5  # fraction of the front-fibre contrast that ink hides
+SHEET_THICKNESS = 12.0
+INK_DEPTH, INK_WIDTH = 2.5, 1.2  # slices behind the surface: where the sheet is flat
+
+
+@dataclass
+class SynthFragment:
+    """One generated fragment in memory (2-D maps only; slices are made on the fly)."""
+
+    mask: np.ndarray  # bool (H, W)
+    labels: np.ndarray  # uint8 {0, 1} (H, W)
+    surface: np.ndarray  # float32 (H, W), depth of the front surface in slices
+    fibre_h: np.ndarray  # float32 (H, W), unit-variance horizontal fibres
+    fibre_v: np.ndarray  # float32 (H, W), unit-variance vertical fibres
+    shading: np.ndarray  # float32 (H, W), slow multiplicative density drift around 1
+    noise_seed: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape
+
+    def slice(self, z: int) -> np.ndarray:
+        """Slice z as uint16 (H, W); deterministic (noise seeded by noise_seed and z)."""
+        rng = np.random.default_rng([self.noise_seed, z])
+        d = np.float32(z) - self.surface  # > 0 behind the surface, inside the sheet
+        sheet = _sigmoid(d / 0.8) * _sigmoid((SHEET_THICKNESS - d) / 1.5)
+        front = (d < SHEET_THICKNESS / 2).astype(np.float32)
+        ink = self.labels.astype(np.float32)
+        ink_layer = np.exp(-0.5 * ((d - INK_DEPTH) / INK_WIDTH) ** 2)
+        texture = front * self.fibre_h * (1 - INK_SMOOTHING * ink * ink_layer)
+        texture += (1 - front) * self.fibre_v
+        noise = BACKGROUND + NOISE * rng.standard_normal(self.shape, dtype=np.float32)
+        value = PAPYRUS * sheet * (1 + FIBRE_CONTRAST * texture) * self.shading
+        value += INK_DENSITY * ink * ink_layer
+        # Outside the papyrus the scanner sees air: background and noise only.
+        value = np.where(self.mask, value + noise, noise)
+        return np.clip(value, 0, 65535).astype(np.uint16)
+
+    def ir(self) -> np.ndarray:
+        """Infrared photograph, uint8 (H, W): light papyrus, dark ink, black outside."""
+        rng = np.random.default_rng([self.noise_seed, 1000])
+        tone = 165 + 18 * self.fibre_h + 30 * (self.shading - 1) / 0.1
+        tone -= 105 * cv2.GaussianBlur(self.labels.astype(np.float32), (0, 0), 0.7)
+        tone += 6 * rng.standard_normal(self.shape, dtype=np.float32)
+        return np.where(self.mask, np.clip(tone, 1, 255), 8).astype(np.uint8)
+
+
+def make_demo_data(
+    out: str | os.PathLike, seed: int = 0, scale: float = DEFAULT_SCALE, *, progress: bool = False
+) -> Path:
+    """Write the demo dataset to `out` (created; existing demo files are overwritten)."""
+    from kit.data.folds import STANDARD_FOLDS, write_folds
+
+    out = Path(out)
+    shapes = {k: _scaled(v, scale) for k, v in REAL_SHAPES.items()}
+    split_rows = {"2": STANDARD_FOLDS[1].row_end}
+    for index, (fid, shape) in enumerate(shapes.items()):
+        frag = synth_fragment(
+            shape, seed=seed, index=index, scale=scale, balance=split_rows.get(fid)
+        )
+        _write_fragment(out / "train" / fid, frag, labels=True, progress=progress)
+    test = synth_fragment(shapes["1"], seed=seed, index=len(shapes), scale=scale)
+    cut = round(TEST_SPLIT["a"][1] / REAL_SHAPES["1"][0] * shapes["1"][0])
+    solution = []
+    for i, (tid, rows) in enumerate((("a", slice(0, cut)), ("b", slice(cut, None)))):
+        part = _crop(test, rows, noise_seed=test.noise_seed + 1 + i)
+        _write_fragment(out / "test" / tid, part, labels=False, progress=progress)
+        solution.append((tid, rle.encode(test.labels[rows]), *test.labels[rows].shape))
+    _write_csv(
+        out / "sample_submission.csv", ["Id", "Predicted"], [(t, "1 1") for t, *_ in solution]
+    )
+    _write_csv(out / "solution.csv", ["Id", "Predicted", "height", "width"], solution)
+    write_folds(STANDARD_FOLDS, out / "folds.csv")
+    return out
+
+
+def synth_fragment(
+    shape: tuple[int, int],
+    *,
+    seed: int,
+    index: int,
+    scale: float = DEFAULT_SCALE,
+    balance: float | None = None,
+) -> SynthFragment:
+    """Generate one fragment of `shape`; `balance` = a row fraction at which the ink above and
+    below should be about equal (text lines are dropped from the heavier side)."""
+    rng = np.random.default_rng([seed, index])
+    f = scale / DEFAULT_SCALE  # lengths below are in pixels at the default scale
+    mask = _outline(shape, rng, f)
+    labels = _text(shape, rng, f, mask, balance)
+    lo, hi = SURFACE_RANGE
+    surface = lo + (hi - lo) * _unit(_smooth_field(shape, rng, 140 * f))
+    fibre_h = _fibres(shape, rng, long=6 * f, short=0.6 * f, horizontal=True)
+    fibre_v = _fibres(shape, rng, long=6 * f, short=0.6 * f, horizontal=False)
+    shading = 1 + 0.1 * (2 * _unit(_smooth_field(shape, rng, 90 * f)) - 1)
+    return SynthFragment(
+        mask, labels, surface.astype(np.float32), fibre_h, fibre_v, shading.astype(np.float32),
+        noise_seed=int(rng.integers(2**31)),
+    )  # fmt: skip
+
+
+def _scaled(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def _unit(field: np.ndarray) -> np.ndarray:
+    """Rescale to 0..1."""
+    lo, hi = float(field.min()), float(field.max())
+    return (field - lo) / max(hi - lo, 1e-6)
+
+
+def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, length: float) -> np.ndarray:
+    """Smooth random field (H, W), float32, correlation length ~`length` pixels."""
+    h, w = shape
+    gh, gw = max(int(h / length) + 3, 3), max(int(w / length) + 3, 3)
+    coarse = rng.standard_normal((gh, gw)).astype(np.float32)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _fibres(
+    shape: tuple[int, int], rng: np.random.Generator, *, long: float, short: float, horizontal: bool
+) -> np.ndarray:
+    """Oriented noise (H, W), float32, zero mean, unit variance: streaks like papyrus fibres."""
+    noise = rng.standard_normal(shape).astype(np.float32)
+    sx, sy = (long, short) if horizontal else (short, long)
+    streaks = cv2.GaussianBlur(noise, (0, 0), sigmaX=max(sx, 0.3), sigmaY=max(sy, 0.3))
+    return (streaks - streaks.mean()) / max(float(streaks.std()), 1e-6)
+
+
+def _outline(shape: tuple[int, int], rng: np.random.Generator, f: float) -> np.ndarray:
+    """Irregular papyrus outline: a rounded blob with ragged, wandering edges. bool (H, W)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # Superellipse distance from the centre: 1 at the border of a rounded rectangle.
+    dist = (np.abs(yy / (h - 1) * 2 - 1) ** 4 + np.abs(xx / (w - 1) * 2 - 1) ** 4) ** 0.25
+    ragged = 0.08 * _smooth_field(shape, rng, 60 * f) + 0.025 * _smooth_field(shape, rng, 12 * f)
+    mask = dist + ragged < 0.9
+    n, cc, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if n > 1:  # keep the largest piece, as a real fragment is one sheet
+        mask = cc == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if not mask.any():
+        mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
+    return mask
+
+
+def _text(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    f: float,
+    mask: np.ndarray,
+    balance: float | None,
+) -> np.ndarray:
+    """Letter-like strokes in lines of text, clipped to the mask. uint8 {0, 1} (H, W)."""
+    h = shape[0]
+    glyph_h, line_gap = 24 * f, 46 * f
+    lines = []
+    for base in np.arange(line_gap * 0.8, h - glyph_h * 0.5, line_gap):
+        if rng.random() < 0.2:  # paragraph breaks leave empty lines
+            continue
+        canvas = np.zeros(shape, np.uint8)
+        _draw_line(canvas, rng, float(base), glyph_h, f)
+        canvas &= mask
+        rows = np.flatnonzero(canvas.any(axis=1))
+        if rows.size:
+            lines.append((rows[0], rows[-1] + 1, canvas[rows[0] : rows[-1] + 1].copy()))
+    if balance is not None:
+        lines = _balance_lines(lines, rng, round(balance * h))
+    labels = np.zeros(shape, np.uint8)
+    for r0, r1, band in lines:
+        labels[r0:r1] |= band
+    return labels
+
+
+def _draw_line(canvas: np.ndarray, rng: np.random.Generator, base: float, gh: float, f: float):
+    """One line of pseudo-letters along a gently wavy baseline; pen width 3..8 px at scale 1."""
+    w = canvas.shape[1]
+    pen = max(1, round(rng.uniform(3, 7) * f))
+    wave_a, wave_p = rng.uniform(0, 6 * f), rng.uniform(0, 2 * np.pi)
+    x = rng.uniform(0, 30 * f)
+    while x < w:
+        gw = gh * rng.uniform(0.5, 0.9)
+        if rng.random() < 0.2:  # word space
+            x += gw
+            continue
+        y = base + wave_a * np.sin(x / (200 * f) + wave_p)
+        _draw_glyph(canvas, rng, x, y - gh, gw, gh, pen)
+        x += gw + rng.uniform(0.15, 0.4) * gh
+
+
+def _draw_glyph(canvas, rng, x0: float, y0: float, gw: float, gh: float, pen: int) -> None:
+    """2-3 strokes (bars, diagonals, arcs) inside the glyph box x0..x0+gw, y0..y0+gh."""
+    s = 16  # fixed-point shift for sub-pixel coordinates in cv2 drawing
+
+    def pt(u: float, v: float) -> tuple[int, int]:
+        return int((x0 + u * gw) * s), int((y0 + v * gh) * s)
+
+    for _ in range(rng.integers(1, 4)):
+        kind = rng.integers(4)
+        if kind == 0:  # vertical stem
+            u = rng.uniform(0.1, 0.9)
+            cv2.line(canvas, pt(u, rng.uniform(0, 0.2)), pt(u, rng.uniform(0.8, 1)), 1, pen, 8, 4)
+        elif kind == 1:  # horizontal bar
+            v = rng.choice([0.05, 0.5, 0.95])
+            cv2.line(canvas, pt(0, v), pt(rng.uniform(0.6, 1), v), 1, pen, 8, 4)
+        elif kind == 2:  # diagonal
+            a, b = rng.uniform(0, 0.3), rng.uniform(0.7, 1)
+            (a, b) = (a, b) if rng.random() < 0.5 else (b, a)
+            cv2.line(canvas, pt(a, 0), pt(b, 1), 1, pen, 8, 4)
+        else:  # arc / bowl
+            centre = pt(0.5, rng.choice([0.3, 0.5, 0.7]))
+            axes = (int(gw * 0.45 * s), int(gh * rng.uniform(0.25, 0.5) * s))
+            start = int(rng.uniform(0, 360))
+            sweep = int(rng.uniform(140, 360))
+            cv2.ellipse(canvas, centre, axes, 0, start, start + sweep, 1, pen, 8, 4)
+
+
+def _balance_lines(lines: list, rng: np.random.Generator, split: int) -> list:
+    """Drop whole text lines from the heavier side of row `split` until the ink above and below
+    agrees within ~5 %, so a fold split at `split` has similar ink area per band."""
+
+    def side_ink(line, above: bool) -> int:
+        r0, _, band = line
+        k = min(max(split - r0, 0), band.shape[0])
+        return int(band[:k].sum() if above else band[k:].sum())
+
+    lines = list(lines)
+    top = sum(side_ink(line, True) for line in lines)
+    bottom = sum(side_ink(line, False) for line in lines)
+    heavy_top = top > bottom
+    heavy, light = (top, bottom) if heavy_top else (bottom, top)
+    candidates = [i for i, ln in enumerate(lines) if side_ink(ln, not heavy_top) == 0]
+    rng.shuffle(candidates)
+    dropped = set()
+    for i in candidates:
+        if heavy <= 1.05 * light:
+            break
+        ink = side_ink(lines[i], heavy_top)
+        if heavy - ink >= 0.95 * light:  # never overshoot to the other side
+            heavy -= ink
+            dropped.add(i)
+    return [ln for i, ln in enumerate(lines) if i not in dropped]
+
+
+def _crop(frag: SynthFragment, rows: slice, noise_seed: int) -> SynthFragment:
+    return SynthFragment(
+        frag.mask[rows], frag.labels[rows], frag.surface[rows], frag.fibre_h[rows],
+        frag.fibre_v[rows], frag.shading[rows], noise_seed,
+    )  # fmt: skip
+
+
+def _write_fragment(path: Path, frag: SynthFragment, *, labels: bool, progress: bool) -> None:
+    from tqdm import tqdm
+
+    volume = path / "surface_volume"
+    volume.mkdir(parents=True, exist_ok=True)
+    for z in tqdm(range(N_SLICES), desc=f"fragment {path.name}", disable=not progress):
+        # Uncompressed and contiguous, so the reader memory-maps the slices.
+        tifffile.imwrite(volume / f"{z:02d}.tif", frag.slice(z), photometric="minisblack")
+    cv2.imwrite(str(path / "mask.png"), frag.mask.astype(np.uint8) * 255)
+    if labels:
+        cv2.imwrite(str(path / "inklabels.png"), frag.labels * 255)
+        cv2.imwrite(str(path / "ir.png"), frag.ir())
+        _write_csv(
+            path / "inklabels_rle.csv", ["Id", "Predicted"], [(path.name, rle.encode(frag.labels))]
+        )
+
+
+def _write_csv(path: Path, header: list[str], rows: list) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)

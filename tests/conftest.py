@@ -1,0 +1,18 @@
+"""Shared fixtures: a tiny demo dataset in the competition layout, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DEMO_SCALE = 1 / 48  # fragment 1 is 170×132, fragment 2 is 309×198; ~1 s to generate
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A demo dataset (seed 0, scale 1/48): train/1,2,3, test/a,b, sample_submission.csv,
+    folds.csv, solution.csv. Session-scoped and shared: tests must not modify it."""
+    from kit.data.demo import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo"), seed=0, scale=DEMO_SCALE)
