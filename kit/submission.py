@@ -1,0 +1,121 @@
+"""submission.csv: `Id,Predicted`, one row per test fragment, Predicted = RLE of the ink map.
+
+`validate_submission` checks a file against the test fragments the way the competition scores
+it (ids, header, run validity, bounds from each fragment's size) and raises SubmissionError with
+the reason and the id. `write_submission` writes atomically, in sample_submission.csv's id order.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from kit import rle
+from kit.errors import KitError
+
+HEADER = ["Id", "Predicted"]
+# Real RLE strings run to tens of MB; csv's default 128 kB field limit would reject them.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+class SubmissionError(KitError, ValueError):
+    """A submission that the competition would reject; the message names the file and the id."""
+
+
+def read_submission(path: str | os.PathLike) -> dict[str, str]:
+    """{id: rle} in file order; checks the header, empty and duplicate ids, row lengths."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path} does not exist")
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != HEADER:
+            raise SubmissionError(f"{path}: header must be exactly Id,Predicted, got {header}")
+        rows: dict[str, str] = {}
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise SubmissionError(f"{path} line {line}: expected 2 values (Id,Predicted)")
+            fid, text = row[0].strip(), row[1]
+            if not fid:
+                raise SubmissionError(f"{path} line {line}: empty Id")
+            if fid in rows:
+                raise SubmissionError(f"{path} line {line}: id {fid} appears twice")
+            rows[fid] = text
+    return rows
+
+
+def fragment_shapes(test_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """{fragment id: (H, W)} of every fragment directory under test_dir (or test_dir/test)."""
+    from kit.data.fragment import Fragment
+
+    root = Path(test_dir)
+    if (root / "test").is_dir():
+        root = root / "test"
+    if not root.is_dir():
+        raise SubmissionError(f"{root} is not a directory of test fragments")
+    shapes = {p.name: Fragment(p).shape for p in sorted(root.iterdir()) if p.is_dir()}
+    if not shapes:
+        raise SubmissionError(f"{root} holds no fragment directories")
+    return shapes
+
+
+def validate_submission(csv_path: str | os.PathLike, test_dir: str | os.PathLike) -> dict[str, int]:
+    """Check a submission against the fragments under test_dir; returns {id: ink pixels}.
+
+    Rejects: a header other than Id,Predicted; ids missing, extra or repeated; runs that are
+    odd-length, non-positive, unsorted, overlapping or past the fragment's last pixel.
+    """
+    rows = read_submission(csv_path)
+    shapes = fragment_shapes(test_dir)
+    missing = sorted(set(shapes) - set(rows))
+    extra = sorted(set(rows) - set(shapes))
+    if missing or extra:
+        raise SubmissionError(
+            f"{csv_path}: ids differ from the test fragments in {test_dir}: "
+            f"missing {missing}, unexpected {extra}"
+        )
+    ink = {}
+    for fid, text in rows.items():
+        h, w = shapes[fid]
+        try:
+            _, lengths = rle.parse(text, h * w)
+        except rle.RLEError as exc:
+            raise SubmissionError(f"{csv_path}: id {fid} ({h}×{w}): {exc}") from exc
+        ink[fid] = int(lengths.sum())
+    return ink
+
+
+def write_submission(
+    rows: Mapping[str, str] | Iterable[tuple[str, str]],
+    path: str | os.PathLike,
+    *,
+    sample: str | os.PathLike | None = None,
+) -> Path:
+    """Write {id: rle} as submission.csv atomically (temp file + os.replace).
+
+    Rows follow the id order of `sample` (a sample_submission.csv) when it exists, else sorted
+    ids; ids absent from the sample are an error, as the competition would reject them.
+    """
+    rows = dict(rows)
+    order = sorted(rows)
+    if sample is not None and Path(sample).is_file():
+        sample_ids = list(read_submission(sample))
+        unknown = sorted(set(rows) - set(sample_ids))
+        if unknown:
+            raise SubmissionError(f"ids {unknown} are not in {sample}")
+        order = [i for i in sample_ids if i in rows]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(HEADER)
+        writer.writerows((i, rows[i]) for i in order)
+    os.replace(tmp, path)
+    return path
