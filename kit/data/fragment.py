@@ -197,9 +197,11 @@ class _SliceReader:
         if mm is None or not hasattr(mm, "madvise"):
             return
         base = int(self.page.dataoffsets[0]) % mmap.ALLOCATIONGRANULARITY  # data start in the map
-        start = base + r0 * self.shape[1] * 2
-        end = min(base + r1 * self.shape[1] * 2, len(mm))
-        start -= start % mmap.PAGESIZE
+        # The kernel maps cached neighbours of each faulted page too ("fault-around", 64 KiB
+        # blocks by default): widen the range to 1 MiB blocks so those are dropped as well.
+        block = 1 << 20
+        start = (base + r0 * self.shape[1] * 2) // block * block
+        end = min(-(-(base + r1 * self.shape[1] * 2) // block) * block, len(mm))
         if end > start:
             mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
