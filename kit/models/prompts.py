@@ -11,6 +11,7 @@ Inference has no labels: a model trained with `prompt: points` is run prompt-fre
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -71,7 +72,7 @@ def sample_points(
     b, _, h, w = target.shape
     flat = target.reshape(b, h * w).float()
     if mode == "grid":
-        side = int(torch.ceil(torch.tensor(num_points**0.5)).item())
+        side = math.ceil(math.sqrt(num_points))
         ys = (torch.arange(side, device=target.device) + 0.5) * h / side
         xs = (torch.arange(side, device=target.device) + 0.5) * w / side
         gy, gx = torch.meshgrid(ys.long(), xs.long(), indexing="ij")

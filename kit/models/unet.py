@@ -67,9 +67,14 @@ class TimmUnet(nn.Module):
         self.final = _conv_block(cin, final) if self.has_final else nn.Identity()
         self.head = nn.Conv2d(final if self.has_final else cin, 1, kernel_size=1)
 
-    def forward(self, x: torch.Tensor, prompts: object = None, **_: object) -> ModelOutput:
+    def forward(
+        self, x: torch.Tensor, prompts: object = None, *, cache: object = None, **_: object
+    ) -> ModelOutput:
+        """x (B, C, T, T) -> ModelOutput(logits (B, 1, T, T), None)."""
         if prompts is not None:
             raise KitError("the U-Net family takes no prompts; set model.prompt=none")
+        if cache is not None:
+            raise KitError("the embedding cache is for a frozen SAM encoder, not the U-Net")
         feats = self.encoder(x)
         h = feats[-1]
         for block, skip in zip(self.blocks, reversed(feats[:-1]), strict=True):
