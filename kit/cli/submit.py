@@ -106,10 +106,15 @@ def make_submission(
         ink = postprocess(prob, mask, threshold=t, min_area=min_area)
         rows.append((fid, encode(ink)))
         print(f"{fid}: threshold {t:.4f}, ink {ink.mean():.2%} of pixels")
-    rows = _sample_order(rows, data)
-    write_submission(rows, out)
-    if data is not None:
-        validate_submission(out, data)
+    # written beside `out` and validated before it replaces `out`: never publish a bad file
+    staged = out.with_name(f".{out.name}.unvalidated")
+    try:
+        write_submission(rows, staged, sample=_sample_path(data))
+        if data is not None:
+            validate_submission(staged, data)
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
     print(f"threshold from {source}; min component area {min_area}; wrote {out}")
     return rows
 
@@ -150,16 +155,11 @@ def _evaluation_threshold(pred, record: dict, evaluation) -> tuple[float | None,
     return None, "looked in " + ", ".join(str(c) for c in candidates)
 
 
-def _sample_order(rows: list[tuple[str, str]], data) -> list[tuple[str, str]]:
-    """Rows in sample_submission.csv's Id order when the dataset has one (next to test/)."""
-    import csv
-
+def _sample_path(data: Path | None) -> Path | None:
+    """DATA/sample_submission.csv next to test/ (or inside the given directory), if any."""
     if data is None:
-        return rows
+        return None
     for sample in (data.parent / "sample_submission.csv", data / "sample_submission.csv"):
         if sample.is_file():
-            with open(sample, newline="") as f:
-                order = [r["Id"] for r in csv.DictReader(f)]
-            rank = {fid: i for i, fid in enumerate(order)}
-            return sorted(rows, key=lambda r: (rank.get(r[0], len(rank)), r[0]))
-    return rows
+            return sample
+    return None
