@@ -44,7 +44,10 @@ def _sample_from(
     empty rows, and draws that land on zero-weight pixels are reported invalid (-> padding).
     """
     floor = torch.full_like(weights, 1e-12)
-    idx = torch.multinomial(weights + floor, n, replacement=True, generator=generator)
+    # a seeded CPU generator may drive sampling for CUDA labels: draw where the generator lives
+    where = generator.device if generator is not None else weights.device
+    idx = torch.multinomial((weights + floor).to(where), n, replacement=True, generator=generator)
+    idx = idx.to(weights.device)
     return idx, weights.gather(1, idx) > 0
 
 
