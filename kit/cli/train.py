@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    # Idle OpenMP threads sleep instead of spinning: on a shared CPU spinning threads stall every op.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pathlib import Path
 
     from kit.config import apply_overrides, load_config

@@ -214,6 +214,8 @@ class _Trainer:
         from kit.models import build_model, load_pretrained, param_groups
 
         config, t = self.config, self.config.train
+        if self.device.type == "cpu" and t.cpu_threads > 0:
+            torch.set_num_threads(t.cpu_threads)
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed)
