@@ -14,7 +14,7 @@
 #   DEMO_SCALE      size of the generated demo data relative to the real fragments (1/16)
 #   TRAIN_ARGS      extra arguments for every `kit train` call, e.g. "--max-steps 20"
 # A rerun skips finished steps (trained folds, predicted fragments) and resumes interrupted ones.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")"
 
 START=$(date +%s)
@@ -65,6 +65,14 @@ train_one() {
   run="$OUT_DIR/runs/$name/fold$fold"
   local args=(--data "$DATA_DIR" --fold "$fold" --config "$config" --folds "$FOLDS" --out "$run")
   [ -n "$SAM_CHECKPOINT" ] && args+=(--sam-checkpoint "$SAM_CHECKPOINT")
+  # A finished run leaves the exact command in $run/finished: the same command skips at once
+  # (no Python start-up); any change (config, TRAIN_ARGS, checkpoint) goes through `kit train`,
+  # which resumes or refuses as the run directory says.
+  local command="train ${args[*]} $TRAIN_ARGS"
+  if [ -f "$run/finished" ] && [ "$(cat "$run/finished")" = "$command" ]; then
+    echo "$run: finished earlier, kept"
+    return 0
+  fi
   [ -f "$run/checkpoints/last.pt" ] && args+=(--resume)
   # shellcheck disable=SC2086
   if [ "$gpu" = cpu ]; then
@@ -72,6 +80,7 @@ train_one() {
   else
     CUDA_VISIBLE_DEVICES=$gpu "$PY" -m kit train "${args[@]}" $TRAIN_ARGS >"$run.log" 2>&1
   fi
+  echo "$command" >"$run/finished"
 }
 
 RUNS=()

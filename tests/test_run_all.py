@@ -1,0 +1,74 @@
+"""run_all.sh end to end on a reduced demo: generated fragments -> validated submission.csv."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kit.data.folds import Region, write_folds
+from kit.rle import decode
+from kit.submission import fragment_shapes, validate_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_all(out: Path, folds: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "OUT_DIR": str(out),
+        "FOLDS": str(folds),
+        "NGPUS": "0",
+        "DEMO_SCALE": "0.03",
+        "TRAIN_ARGS": "--max-steps 2",
+        "PYTHON": sys.executable,
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_run_all_writes_a_valid_submission_and_reuses_everything(tmp_path):
+    # Two folds keep the test short; fold 1 holds out two whole fragments.
+    folds = tmp_path / "folds.csv"
+    write_folds(
+        [Region("1", 0, 0.0, 1.0), Region("2", 1, 0.0, 1.0), Region("3", 1, 0.0, 1.0)], folds
+    )
+    out = tmp_path / "outputs"
+
+    first = _run_all(out, folds)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "pooled OOF F0.5" in first.stdout
+    test_dir = out / "demo_data" / "test"
+    counts = validate_submission(out / "submission.csv", test_dir)
+    assert set(counts) == {"a", "b"}
+    frame = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    shapes = fragment_shapes(test_dir)
+    for fid, rle in zip(frame["Id"].astype(str), frame["Predicted"], strict=True):
+        assert decode(rle, shapes[fid]).sum() == counts[fid]
+    for member in ("cpu-demo", "cpu-demo-unet"):
+        for fold in (0, 1):
+            assert (out / "runs" / member / f"fold{fold}" / "checkpoints" / "best.pt").is_file()
+    assert (out / "report" / "index.html").read_text().count("<img") >= 3
+
+    checkpoint = out / "runs" / "cpu-demo" / "fold0" / "checkpoints" / "best.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    second = _run_all(out, folds)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("finished earlier, kept") == 4
+    assert checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_run_all_stops_at_the_failing_step_with_its_name(tmp_path, demo_dir):
+    env = {**os.environ, "OUT_DIR": str(tmp_path), "DATA_DIR": str(demo_dir), "NGPUS": "0"}
+    env["CONFIG"] = "no-such-preset"
+    result = subprocess.run(
+        ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert "unknown config 'no-such-preset'" in result.stderr
+    assert 'step "train no-such-preset fold 0 (CPU)" failed' in result.stderr
+    assert not (tmp_path / "submission.csv").exists()
