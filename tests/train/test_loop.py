@@ -1,0 +1,142 @@
+"""End-to-end behaviour of `train_fold` on the demo data with a tiny, fast configuration."""
+
+import csv
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from kit.checkpoint import load_checkpoint, model_from_checkpoint
+from kit.config import load_config
+from kit.data.fragment import Fragment
+from kit.errors import KitError
+from kit.train.loop import lr_factor, train_fold
+
+TINY = [
+    "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34",
+    "train.batch_size=4", "train.accumulate=2", "train.steps_per_epoch=3", "train.epochs=2",
+    "train.warmup_steps=1", "train.num_workers=0", "train.lr=1e-3", "infer.batch_size=64",
+]  # fmt: skip
+NO_AUGMENT = [f"augment.{p}=0" for p in ("p_flip", "p_rot90", "p_affine", "p_intensity",
+              "p_slice_jitter", "p_zshift", "p_slice_dropout", "p_coarse_dropout", "p_noise")]  # fmt: skip
+
+
+def _config(*extra: str):
+    return load_config("cpu-demo-unet", [*TINY, *extra])
+
+
+def _train(demo_dir: Path, out: Path, *extra: str, **kwargs) -> dict:
+    return train_fold(
+        _config(*extra), data_dir=demo_dir, fold=0, folds_csv=demo_dir / "folds.csv", out=out,
+        progress=False, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    factors = [lr_factor(s, warmup=4, total=20) for s in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in itertools.pairwise(factors[3:]))
+    assert factors[20] == pytest.approx(0.0)
+
+
+def test_loss_decreases_on_demo_data(demo_dir, tmp_path):
+    _train(demo_dir, tmp_path / "run", *NO_AUGMENT, "train.epochs=4", "train.val_every=4")
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+
+
+def test_run_directory_is_complete_and_rerun_is_a_no_op(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = _train(demo_dir, out, log_images=True)
+    assert summary["step"] == 6 and 0.0 <= summary["best_f05"] <= 1.0
+    for name in ("config.yaml", "run.json", "metrics.csv", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "oof/regions.csv"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    assert any(p.name.endswith("_train.png") for p in (out / "report").iterdir())
+    run = json.loads((out / "run.json").read_text())
+    assert run["fold"] == 0 and Path(run["data"]) == demo_dir.resolve()
+    with open(out / "oof" / "regions.csv") as f:
+        regions = list(csv.DictReader(f))
+    assert regions and all(r["fold"] == "0" for r in regions)
+    for r in regions:
+        fragment = Fragment(demo_dir / "train" / r["fragment"])
+        oof = cv2.imread(str(out / "oof" / f"{r['fragment']}.png"), cv2.IMREAD_UNCHANGED)
+        assert oof.dtype == np.uint8 and oof.shape == fragment.shape
+        r0 = round(float(r["row_start"]) * fragment.shape[0])
+        r1 = round(float(r["row_end"]) * fragment.shape[0])
+        outside = np.ones(fragment.shape[0], bool)
+        outside[r0:r1] = False
+        assert not oof[outside].any()
+    _, config = model_from_checkpoint(out / "checkpoints" / "best.pt")
+    assert config.data.tile == 32
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["score"] == pytest.approx(summary["best_f05"])
+
+    stamp = (out / "checkpoints" / "last.pt").stat().st_mtime_ns
+    again = _train(demo_dir, out)
+    assert again["step"] == 6
+    assert (out / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp  # nothing retrained
+    with pytest.raises(KitError, match="--resume"):
+        _train(demo_dir, out, "train.epochs=3")
+
+
+def test_resume_continues_with_the_same_batches(demo_dir, tmp_path):
+    extra = ("train.ema=0.9",)
+    _train(demo_dir, tmp_path / "straight", *extra)
+    first = _train(demo_dir, tmp_path / "resumed", *extra, max_steps=4)
+    assert first["step"] == 4
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4
+    _train(demo_dir, tmp_path / "resumed", *extra, resume=True)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for key in ("train_model", "model"):  # raw and EMA weights
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name}"
+
+
+def test_sigkill_leaves_a_loadable_last_checkpoint(demo_dir, tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "kit", "train", "--data", str(demo_dir), "--fold", "0",
+            "--folds", str(demo_dir / "folds.csv"), "--config", "cpu-demo-unet", "--out", str(out)]  # fmt: skip
+    for item in [*TINY, "train.epochs=200", "train.val_every=100"]:
+        args += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = out / "checkpoints" / "last.pt"
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert last.exists(), proc.stderr.read().decode() if proc.poll() is not None else "timeout"
+        time.sleep(0.3)  # mid-run, likely mid-write of the next checkpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = load_checkpoint(last)
+    assert state["step"] >= 3
+    summary = _train(demo_dir, out, "train.epochs=200", "train.val_every=100", resume=True,
+                     max_steps=state["step"] + 3)  # fmt: skip
+    assert summary["step"] == state["step"] + 3
