@@ -108,6 +108,8 @@ def predict_fragment(
             )
             while len(queue) >= batch_size:
                 _run_batch(forward, acc, [queue.popleft() for _ in range(batch_size)], bar)
+            # the band buffer is reused in place for the next band: detach the few pending tiles
+            queue = deque((ty, tx, tile.copy()) for ty, tx, tile in queue)
             following = plan.band_ys[k + 1] if k + 1 < len(plan.band_ys) else fragment.shape[0]
             frontier = min(following, queue[0][0]) if queue else following
             _write_rows(out, mask, plan, acc.flush(frontier))
@@ -154,6 +156,7 @@ def _bands(fragment: Fragment, config: Config, plan: TilePlan):
     """Yield uint16 (C, T, c1 - c0) for each tile row, reading the next one in the background.
 
     Rows shared with the previous band are reused, not re-read: with stride T/2 that halves IO.
+    The yielded array is overwritten by the next band (the caller copies what it keeps).
     """
     tile, width = plan.tile, plan.c1 - plan.c0
 
@@ -168,17 +171,21 @@ def _bands(fragment: Fragment, config: Config, plan: TilePlan):
         prev_end = y + tile
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="band-reader") as pool:
         pending: Future = pool.submit(read, *spans[0])
-        prev, prev_y = None, None
+        band, prev_y = None, None
         for k, y in enumerate(plan.band_ys):
             fresh = pending.result()
             if k + 1 < len(spans):
                 pending = pool.submit(read, *spans[k + 1])
-            if prev is not None and spans[k][0] > y:
-                band = np.concatenate([prev[:, y - prev_y :], fresh], axis=1)
+            if band is not None and spans[k][0] > y:
+                # shift the shared rows up in place and append the new ones: one band buffer
+                keep = tile - len(fresh[0])
+                band[:, :keep] = band[:, y - prev_y :]
+                band[:, keep:] = fresh
             else:
                 band = fresh
+            del fresh
             yield band
-            prev, prev_y = band, y
+            prev_y = y
 
 
 class _RowAccumulator:
