@@ -21,7 +21,9 @@ from kit.data.preprocess import read_window
 class TileDataset(Dataset):
     """Item i = tile `tiles[i]` = (fragment index, y, x) of size data.tile.
 
-    Returns {"image": uint16 (C, T, T), "label": uint8 (1, T, T), "stats": float32 (2,)}.
+    Returns {"image": uint16 (C, T, T), "label": uint8 (1, T, T), "stats": float32 (2,),
+    "tile": int64 (3,) the tile row}. Where `skip_image[i]` is true the image is zeros and never
+    read (its embedding is already cached; see `kit.train.loop`).
     Labels (2-D uint8, one per fragment) are held in memory and shared copy-on-write with forked
     workers; the fragments pickle as paths and reopen their files in each worker.
     """
@@ -33,9 +35,11 @@ class TileDataset(Dataset):
         stats: torch.Tensor,
         tiles: np.ndarray,
         data: DataConfig,
+        *,
+        skip_image: np.ndarray | None = None,
     ):
         self.fragments, self.labels, self.stats = list(fragments), list(labels), stats
-        self.tiles, self.data = tiles, data
+        self.tiles, self.data, self.skip_image = tiles, data, skip_image
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -43,11 +47,15 @@ class TileDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         index, y, x = (int(v) for v in self.tiles[i])
         t = self.data.tile
-        image = read_window(self.fragments[index], self.data, y, x, t, t)
+        if self.skip_image is not None and self.skip_image[i]:
+            image = np.zeros((self.data.in_channels, t, t), dtype=np.uint16)
+        else:
+            image = read_window(self.fragments[index], self.data, y, x, t, t)
         return {
             "image": torch.from_numpy(image),
             "label": torch.from_numpy(_label_window(self.labels[index], y, x, t)[None]),
             "stats": self.stats[index],
+            "tile": torch.from_numpy(np.asarray(self.tiles[i], dtype=np.int64)),
         }
 
 
@@ -64,7 +72,12 @@ def _label_window(label: np.ndarray, y: int, x: int, t: int) -> np.ndarray:
 def tile_loader(
     dataset: TileDataset, *, batch_size: int, num_workers: int, device: torch.device
 ) -> DataLoader:
-    """In-order batches (the sampler already shuffled): the k-th batch is the same on resume."""
+    """In-order batches (the sampler already shuffled): the k-th batch is the same on resume.
+
+    The loader gets its own generator so that starting an iterator (which draws a worker base
+    seed) never advances the global torch RNG: a run resumed mid-epoch starts its iterator at a
+    different moment than the uninterrupted run, and must still see the same RNG stream.
+    """
     cuda = device.type == "cuda"
     return DataLoader(
         dataset,
@@ -75,4 +88,5 @@ def tile_loader(
         pin_memory=cuda,
         prefetch_factor=4 if num_workers > 0 else None,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
     )

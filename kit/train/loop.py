@@ -21,7 +21,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -156,6 +156,34 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
     )  # fmt: skip
 
 
+def check_embedding_cache(config: Config) -> None:
+    """KitError unless `train.embedding_cache` can work: a SAM model with a frozen encoder."""
+    m = config.model
+    if not config.train.embedding_cache:
+        return
+    if m.family != "sam":
+        raise KitError(
+            f"train.embedding_cache=true caches SAM image embeddings, but model.family={m.family!r}; "
+            "set train.embedding_cache=false (or use model.family=sam with model.train_mode=frozen)"
+        )
+    if m.train_mode != "frozen":
+        raise KitError(
+            f"train.embedding_cache=true needs a frozen SAM encoder, but model.train_mode="
+            f"{m.train_mode!r} changes it every step; set model.train_mode=frozen, "
+            "or train.embedding_cache=false"
+        )
+
+
+def cache_ignores(config: Config) -> list[str]:
+    """The settings an embedding-cache run ignores: jitter and every image augmentation (the
+    cached embedding is the unaugmented tile's; no transform of it equals encoding a transformed
+    tile)."""
+    ignored = ["train.jitter"] if config.train.jitter else []
+    return ignored + [
+        f"augment.{k}" for k, v in asdict(config.augment).items() if k.startswith("p_") and v > 0
+    ]
+
+
 class _Trainer:
     """The state of one training run; `run()` is the whole job."""
 
@@ -214,6 +242,7 @@ class _Trainer:
         from kit.models import build_model, load_pretrained, param_groups
 
         config, t = self.config, self.config.train
+        check_embedding_cache(config)
         if self.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
         torch.manual_seed(t.seed)
@@ -230,6 +259,7 @@ class _Trainer:
         if config.model.pretrained and saved is None:
             load_pretrained(model, config)
         self.model = model.to(self.device)
+        self.cache = self._make_cache()
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config), lr=t.lr, weight_decay=t.weight_decay
         )
@@ -277,6 +307,40 @@ class _Trainer:
             w.writerow(["fragment", "fold", "row_start", "row_end"])
             for r in self.data.regions:
                 w.writerow([r.fragment, r.fold, r.row_start, r.row_end])
+
+    def _make_cache(self):
+        """The run's EmbeddingCache on the device, or None; prints what it ignores and costs."""
+        if not self.config.train.embedding_cache:
+            return None
+        from kit.models.embedding_cache import EmbeddingCache
+
+        ignored = cache_ignores(self.config)
+        if ignored:
+            self._say(
+                "embedding cache: tiles are neither jittered nor augmented, so each tile's "
+                f"embedding is computed once; ignoring {', '.join(ignored)} (set them to 0/false "
+                "to silence this note)"
+            )
+        pe = self.model.prompt_encoder
+        h, w = pe.image_embedding_size
+        per_tile = pe.embed_dim * h * w * 4
+        n = len(self.candidates)
+        self._say(
+            f"embedding cache: at most {n} tiles × {pe.embed_dim}×{h}×{w} × 4 B = "
+            f"{n * per_tile / 2**20:.1f} MiB on {self.device}"
+        )
+        return EmbeddingCache(device=str(self.device))
+
+    def _cache_keys(self, tiles: torch.Tensor) -> list[tuple] | None:
+        """tile_key of each (fragment index, y, x) row of `tiles` (B, 3), or None without a cache."""
+        if self.cache is None:
+            return None
+        from kit.models.embedding_cache import tile_key
+
+        d = self.config.data
+        return [
+            tile_key(self.data.train[f].id, y, x, d.z_start, d.z_end) for f, y, x in tiles.tolist()
+        ]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _inference_model(self) -> torch.nn.Module:
@@ -342,13 +406,15 @@ class _Trainer:
             epoch, first = divmod(s.step, t.steps_per_epoch)
             tiles = epoch_tiles(
                 self.candidates, epoch=epoch, seed=t.seed, ink_fraction=t.ink_fraction,
-                jitter=t.jitter, count=t.steps_per_epoch * per_step * self.info.world_size,
+                jitter=t.jitter and self.cache is None,
+                count=t.steps_per_epoch * per_step * self.info.world_size,
             )  # fmt: skip
             tiles = ddp.shard(tiles, self.info)[first * per_step :]
             self.last_tiles = tiles
             dataset = TileDataset(
-                self.data.train, self.data.train_labels, self.stats, tiles, self.config.data
-            )
+                self.data.train, self.data.train_labels, self.stats, tiles, self.config.data,
+                skip_image=self._cached_tiles(tiles),
+            )  # fmt: skip
             loader = tile_loader(
                 dataset, batch_size=per_step, num_workers=t.num_workers, device=self.device
             )
@@ -390,27 +456,41 @@ class _Trainer:
             ddp.barrier(self.info)
         bar.close()
 
+    def _cached_tiles(self, tiles: np.ndarray) -> np.ndarray | None:
+        """bool (N,): tiles whose embedding is cached already, so the loader need not read them
+        (None without a cache, or with --log-images, whose preview shows the input)."""
+        if self.cache is None or self.log_images:
+            return None
+        keys = self._cache_keys(torch.from_numpy(np.asarray(tiles)).reshape(-1, 3))
+        return np.array([k in self.cache for k in keys], dtype=bool)
+
     def _step(self, batch: dict) -> dict[str, float]:
         """One optimiser step over a loader batch; returns the mean loss parts."""
-        return self._optimise(*self._prepare(batch))
+        x, y = self._prepare(batch)
+        return self._optimise(x, y, keys=self._cache_keys(batch["tile"]))
 
     def _prepare(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loader batch -> device, normalised and augmented: x (B, C, T, T), y (B, 1, T, T)."""
+        """Loader batch -> device, normalised and augmented: x (B, C, T, T), y (B, 1, T, T).
+        With the embedding cache, no augmentation (cached embeddings are of the plain tile)."""
         nb = self.device.type == "cuda"
         x = batch["image"].to(self.device, non_blocking=nb)
         y = batch["label"].to(self.device, non_blocking=nb).float()
         x = normalize(x, batch["stats"], self.config.data)
-        x, y = augment_batch(x, y, config=self.config.augment, generator=self.generator)
-        self._last_batch = (x, y)
+        if self.cache is None:
+            x, y = augment_batch(x, y, config=self.config.augment, generator=self.generator)
+        self._last_batch = (x, y, self._cache_keys(batch["tile"]))
         return x, y
 
-    def _optimise(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Forward/backward over micro-batches, clip, optimiser, scheduler and EMA steps."""
+    def _optimise(
+        self, x: torch.Tensor, y: torch.Tensor, *, keys: list | None = None
+    ) -> dict[str, float]:
+        """Forward/backward over micro-batches, clip, optimiser, scheduler and EMA steps.
+        `keys` (one per tile) look the embeddings up in the embedding cache, if any."""
         from kit.models.losses import segmentation_loss
 
         while True:
             try:
-                parts = self._accumulate(x, y, segmentation_loss)
+                parts = self._accumulate(x, y, segmentation_loss, keys)
                 break
             except torch.cuda.OutOfMemoryError:
                 if self.state.micro_batch <= 1:
@@ -435,16 +515,18 @@ class _Trainer:
             self.ema.update_parameters(self.model)
         return parts
 
-    def _accumulate(self, x: torch.Tensor, y: torch.Tensor, loss_fn) -> dict[str, float]:
+    def _accumulate(self, x: torch.Tensor, y: torch.Tensor, loss_fn, keys) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         micro = self.state.micro_batch
-        prompts = self._prompts(x, y)
+        prompts = self._prompts(x, y, keys)
         totals: dict[str, float] = {}
         starts = range(0, len(x), micro)
         for i, start in enumerate(starts):
             part = slice(start, start + micro)
             xc, yc = x[part], y[part]
             kwargs = {}
+            if keys is not None:
+                kwargs.update(cache=self.cache, cache_keys=keys[part])
             if prompts is not None:
                 kwargs["prompts"] = type(prompts)(
                     *(p[part] if p is not None else None for p in prompts)
@@ -463,7 +545,7 @@ class _Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) * weight
         return totals
 
-    def _prompts(self, x: torch.Tensor, y: torch.Tensor):
+    def _prompts(self, x: torch.Tensor, y: torch.Tensor, keys: list | None):
         """SAM point prompts for `model.prompt: points` (a training experiment), else None."""
         if self.config.model.prompt != "points":
             return None
@@ -471,8 +553,9 @@ class _Trainer:
 
         pred = None
         if self.config.model.point_sampling == "error":  # points on the current model's errors
+            cached = {"cache": self.cache, "cache_keys": keys} if keys is not None else {}
             with torch.no_grad():
-                pred = self.model(x).logits
+                pred = self.model(x, **cached).logits
         prompts = training_prompts(self.config.model, y, pred_logits=pred, generator=self.generator)
         self._last_points = (prompts.coords, prompts.labels) if prompts is not None else None
         return prompts
@@ -533,10 +616,11 @@ class _Trainer:
         for fragment, ranges in zip(self.data.val, self.data.val_rows, strict=True):
             picture = validation_preview(fragment, self.config, maps[fragment.id], ranges)
             cv2.imwrite(str(folder / f"epoch{epoch:03d}_{fragment.id}.png"), picture)
-        x, y = self._last_batch
+        x, y, keys = self._last_batch
+        cached = {"cache": self.cache, "cache_keys": keys[:4]} if keys is not None else {}
         with torch.no_grad():
             self.model.eval()
-            logits = self.model(x[:4]).logits.float()
+            logits = self.model(x[:4], **cached).logits.float()
             self.model.train()
         picture = training_preview(
             x[:4], y[:4], torch.sigmoid(logits), getattr(self, "_last_points", None)
