@@ -428,7 +428,7 @@ class _Trainer:
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 rate = n_tiles / max(time.perf_counter() - start, 1e-9)
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = self._head_lr()
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['total']:.4f}", lr=f"{lr:.2e}", tiles_s=f"{rate:.1f}")
                 if self.writer is not None:
@@ -439,7 +439,7 @@ class _Trainer:
                     break
             seconds = time.perf_counter() - start
             epoch_end = s.step % t.steps_per_epoch == 0
-            row = {"epoch": epoch + 1, "step": s.step, "lr": self.optimizer.param_groups[0]["lr"],
+            row = {"epoch": epoch + 1, "step": s.step, "lr": self._head_lr(),
                    "tiles_per_s": n_tiles / max(seconds, 1e-9), "seconds": seconds}  # fmt: skip
             row.update(
                 {
@@ -463,6 +463,12 @@ class _Trainer:
             return None
         keys = self._cache_keys(torch.from_numpy(np.asarray(tiles)).reshape(-1, 3))
         return np.array([k in self.cache for k in keys], dtype=bool)
+
+    def _head_lr(self) -> float:
+        """The learning rate of the group with `lr_scale` 1 (the head; train.lr × schedule).
+        Under layer decay param_groups[0] is the lowest layer's, train.lr × decay^L."""
+        groups = self.optimizer.param_groups
+        return max(groups, key=lambda g: g.get("lr_scale", 1.0))["lr"]
 
     def _step(self, batch: dict) -> dict[str, float]:
         """One optimiser step over a loader batch; returns the mean loss parts."""

@@ -140,3 +140,14 @@ def test_sigkill_leaves_a_loadable_last_checkpoint(demo_dir, tmp_path):
     summary = _train(demo_dir, out, "train.epochs=200", "train.val_every=100", resume=True,
                      max_steps=state["step"] + 3)  # fmt: skip
     assert summary["step"] == state["step"] + 3
+
+
+def test_logged_lr_is_the_heads_under_layer_decay(demo_dir, tmp_path):
+    config = load_config("cpu-demo", [*TINY, "model.layer_decay=0.5", "train.val_every=100"])
+    train_fold(config, data_dir=demo_dir, fold=0, folds_csv=demo_dir / "folds.csv",
+               out=tmp_path / "run", progress=False, max_steps=3)  # fmt: skip
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        (row,) = csv.DictReader(f)
+    # After 3 scheduler steps the head (lr_scale 1) is at train.lr × schedule, not the
+    # lowest layer's train.lr × 0.5^L.
+    assert float(row["lr"]) == pytest.approx(1e-3 * lr_factor(3, warmup=1, total=6))
