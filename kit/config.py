@@ -112,6 +112,7 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     embedding_cache: bool = False  # frozen SAM encoder only
+    checkpoint_every: int = 200  # also write last.pt every N steps mid-epoch (0 = epoch ends only)
     cpu_threads: int = 0  # torch threads when training on the CPU (0 = torch's default)
 
 

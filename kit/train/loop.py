@@ -61,6 +61,12 @@ class TrainState:
     best_threshold: float | None = None
     micro_batch: int = 0
     history: list[dict] = field(default_factory=list)
+    # The running epoch's totals so far, saved in mid-epoch checkpoints so that a resumed
+    # epoch's metrics.csv row still averages the whole epoch.
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_steps: int = 0
+    epoch_tiles: int = 0
+    epoch_seconds: float = 0.0
 
 
 def train_fold(
@@ -226,10 +232,11 @@ class _Trainer:
 
     def _check_resumable(self, saved: dict) -> None:
         ours, theirs = config_to_dict(self.config), saved["config"]
-        for section in ours:  # epochs/workers may change on resume; the rest defines the run
+        free = ("epochs", "num_workers", "checkpoint_every")  # may change on resume
+        for section in ours:  # the rest defines the run
             if section == "train":
-                a = {k: v for k, v in ours[section].items() if k not in ("epochs", "num_workers")}
-                b = {k: v for k, v in theirs[section].items() if k not in ("epochs", "num_workers")}
+                a = {k: v for k, v in ours[section].items() if k not in free}
+                b = {k: v for k, v in theirs[section].items() if k not in free}
             else:
                 a, b = ours[section], theirs.get(section)
             if a != b:
@@ -368,6 +375,8 @@ class _Trainer:
             "micro_batch": s.micro_batch,
             "accumulate": self._tiles_per_step() // s.micro_batch,
             "history": s.history,
+            "epoch_progress": {"sums": s.epoch_sums, "steps": s.epoch_steps,
+                               "tiles": s.epoch_tiles, "seconds": s.epoch_seconds},
         })  # fmt: skip
 
     def _restore(self, saved: dict) -> None:
@@ -391,6 +400,10 @@ class _Trainer:
             saved["best_threshold"],
         )
         s.micro_batch, s.history = saved["micro_batch"], list(saved.get("history", []))
+        if s.step % self.config.train.steps_per_epoch and "epoch_progress" in saved:
+            p = saved["epoch_progress"]
+            s.epoch_sums, s.epoch_steps = dict(p["sums"]), p["steps"]
+            s.epoch_tiles, s.epoch_seconds = p["tiles"], p["seconds"]
         self._say(f"resuming {self.out} at step {s.step}")
 
     # -- training ------------------------------------------------------------------------------
@@ -418,16 +431,18 @@ class _Trainer:
             loader = tile_loader(
                 dataset, batch_size=per_step, num_workers=t.num_workers, device=self.device
             )
-            sums: dict[str, float] = {}
-            n_steps, n_tiles, start = 0, 0, time.perf_counter()
+            if first == 0:  # else: resumed mid-epoch with the saved totals
+                s.epoch_sums, s.epoch_steps, s.epoch_tiles, s.epoch_seconds = {}, 0, 0, 0.0
+            start = time.perf_counter() - s.epoch_seconds
             for batch in loader:
                 parts = self._step(batch)
                 s.step += 1
-                n_steps += 1
-                n_tiles += per_step * self.info.world_size
+                s.epoch_steps += 1
+                s.epoch_tiles += per_step * self.info.world_size
                 for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                rate = n_tiles / max(time.perf_counter() - start, 1e-9)
+                    s.epoch_sums[k] = s.epoch_sums.get(k, 0.0) + v
+                s.epoch_seconds = time.perf_counter() - start
+                rate = s.epoch_tiles / max(s.epoch_seconds, 1e-9)
                 lr = self._head_lr()
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['total']:.4f}", lr=f"{lr:.2e}", tiles_s=f"{rate:.1f}")
@@ -437,14 +452,16 @@ class _Trainer:
                     self.writer.add_scalar("train/lr", lr, s.step)
                 if s.step >= target:
                     break
-            seconds = time.perf_counter() - start
+                if self._mid_epoch_checkpoint_due():  # a SIGKILL loses < checkpoint_every steps
+                    self._save_last()
+            seconds = s.epoch_seconds
             epoch_end = s.step % t.steps_per_epoch == 0
             row = {"epoch": epoch + 1, "step": s.step, "lr": self._head_lr(),
-                   "tiles_per_s": n_tiles / max(seconds, 1e-9), "seconds": seconds}  # fmt: skip
+                   "tiles_per_s": s.epoch_tiles / max(seconds, 1e-9), "seconds": seconds}  # fmt: skip
             row.update(
                 {
-                    ("loss" if k == "total" else f"loss_{k}"): v / max(n_steps, 1)
-                    for k, v in sums.items()
+                    ("loss" if k == "total" else f"loss_{k}"): v / max(s.epoch_steps, 1)
+                    for k, v in s.epoch_sums.items()
                 }
             )
             if s.step >= target or (epoch_end and (epoch + 1) % t.val_every == 0):
@@ -463,6 +480,12 @@ class _Trainer:
             return None
         keys = self._cache_keys(torch.from_numpy(np.asarray(tiles)).reshape(-1, 3))
         return np.array([k in self.cache for k in keys], dtype=bool)
+
+    def _mid_epoch_checkpoint_due(self) -> bool:
+        """Rank 0, every train.checkpoint_every steps, except at epoch ends (saved anyway)."""
+        every, step = self.config.train.checkpoint_every, self.state.step
+        mid_epoch = step % self.config.train.steps_per_epoch != 0
+        return self.info.is_main and every > 0 and step % every == 0 and mid_epoch
 
     def _head_lr(self) -> float:
         """The learning rate of the group with `lr_scale` 1 (the head; train.lr × schedule).

@@ -19,6 +19,7 @@ from kit.checkpoint import load_checkpoint, model_from_checkpoint
 from kit.config import load_config
 from kit.data.fragment import Fragment
 from kit.errors import KitError
+from kit.train import loop
 from kit.train.loop import lr_factor, train_fold
 
 TINY = [
@@ -100,19 +101,54 @@ def test_run_directory_is_complete_and_rerun_is_a_no_op(demo_dir, tmp_path):
         _train(demo_dir, out, "train.epochs=3")
 
 
-def test_resume_continues_with_the_same_batches(demo_dir, tmp_path):
+class _Killed(Exception):
+    """Stands in for a SIGKILL: nothing after it runs (no save on the way out)."""
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = (
+        load_checkpoint(a / "checkpoints" / "last.pt"),
+        load_checkpoint(b / "checkpoints" / "last.pt"),
+    )
+    assert sa["step"] == sb["step"] == 6
+    for key in ("train_model", "model"):  # raw and EMA weights
+        for name, value in sa[key].items():
+            assert torch.equal(value, sb[key][name]), f"{key}.{name}"
+
+
+def _losses(run: Path) -> dict[int, float]:
+    with open(run / "metrics.csv") as f:
+        return {int(r["epoch"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_resume_continues_with_the_same_batches(demo_dir, tmp_path, monkeypatch):
     extra = ("train.ema=0.9",)
     _train(demo_dir, tmp_path / "straight", *extra)
     first = _train(demo_dir, tmp_path / "resumed", *extra, max_steps=4)
     assert first["step"] == 4
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4
     _train(demo_dir, tmp_path / "resumed", *extra, resume=True)
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
-    assert a["step"] == b["step"] == 6
-    for key in ("train_model", "model"):  # raw and EMA weights
-        for name, value in a[key].items():
-            assert torch.equal(value, b[key][name]), f"{key}.{name}"
+    _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+    # Killed during step 5 (epoch 2 = steps 4..6): the mid-epoch checkpoint of step 4
+    # (train.checkpoint_every=2) is all that is left; resuming from it is the same run.
+    step = loop._Trainer._step
+
+    def dying_step(self, batch):
+        if self.state.step == 4:
+            raise _Killed
+        return step(self, batch)
+
+    monkeypatch.setattr(loop._Trainer, "_step", dying_step)
+    killed = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        _train(demo_dir, killed, *extra, "train.checkpoint_every=2")
+    state = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and len(state["history"]) == 1  # mid-epoch, not an epoch end
+    monkeypatch.setattr(loop._Trainer, "_step", step)
+    _train(demo_dir, killed, *extra, "train.checkpoint_every=2", resume=True)
+    _assert_same_weights(tmp_path / "straight", killed)
+    assert _losses(killed) == _losses(tmp_path / "straight")  # epoch 2 averages all 3 steps
 
 
 def test_sigkill_leaves_a_loadable_last_checkpoint(demo_dir, tmp_path):
