@@ -67,6 +67,17 @@ def broadcast_flag(info: DistInfo, flag: bool) -> bool:
     return bool(t.item())
 
 
+def any_flag(info: DistInfo, flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank (all_reduce MAX)."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def shard(items, info: DistInfo):
     """This rank's share of a sequence: every world_size-th item from rank on (equal lengths)."""
     usable = len(items) - len(items) % info.world_size

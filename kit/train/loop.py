@@ -190,6 +190,10 @@ def cache_ignores(config: Config) -> list[str]:
     ]
 
 
+class _SomeRankOutOfMemory(Exception):
+    """A DDP rank ran out of CUDA memory in this micro-batch: every rank halves it together."""
+
+
 class _Trainer:
     """The state of one training run; `run()` is the whole job."""
 
@@ -521,16 +525,27 @@ class _Trainer:
             try:
                 parts = self._accumulate(x, y, segmentation_loss, keys)
                 break
-            except torch.cuda.OutOfMemoryError:
+            except (torch.cuda.OutOfMemoryError, _SomeRankOutOfMemory) as error:
+                if self.info.distributed and isinstance(error, torch.cuda.OutOfMemoryError):
+                    raise RuntimeError(
+                        f"rank {self.info.rank}: CUDA out of memory in the last micro-batch of a "
+                        "step (the one whose backward synchronises the gradients), which the "
+                        "ranks cannot agree to retry; lower train.batch_size and raise "
+                        "train.accumulate by the same factor (same effective batch)"
+                    ) from error
                 if self.state.micro_batch <= 1:
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
+                if self.info.distributed:  # the failed forward left this flag rank-dependent
+                    self.ddp_model.require_forward_param_sync = True
                 old = self.state.micro_batch
                 self.state.micro_batch = old // 2
-                msg = (f"CUDA out of memory at micro-batch {old}: now micro-batch "
-                       f"{old // 2} × {-(-len(x) // (old // 2))} accumulation steps (same batch)")  # fmt: skip
-                tqdm.write(msg)
+                every = " on every rank" if self.info.distributed else ""
+                msg = (f"CUDA out of memory at micro-batch {old}: now micro-batch {old // 2} × "
+                       f"{-(-len(x) // (old // 2))} accumulation steps{every} (same batch)")  # fmt: skip
+                if self.info.is_main:
+                    tqdm.write(msg)
                 if self.writer is not None:
                     self.writer.add_text("oom", msg, self.state.step)
         if self.scaler.is_enabled():
@@ -545,6 +560,15 @@ class _Trainer:
         return parts
 
     def _accumulate(self, x: torch.Tensor, y: torch.Tensor, loss_fn, keys) -> dict[str, float]:
+        """Gradients of the batch over micro-batches; returns the mean loss parts.
+
+        Under DDP the ranks must run the same micro-batches (forwards broadcast buffers, the
+        last backward all-reduces gradients): after each non-final micro-batch (forward and
+        backward under `no_sync`) they all-reduce an out-of-memory flag, and if any rank ran
+        out, all raise `_SomeRankOutOfMemory` and retry with half the micro-batch together.
+        The last micro-batch's forward arms DDP's gradient hooks, so an OOM there cannot be
+        retried consistently: under DDP it stops the run (single process: halved as well).
+        """
         self.optimizer.zero_grad(set_to_none=True)
         micro = self.state.micro_batch
         prompts = self._prompts(x, y, keys)
@@ -560,19 +584,40 @@ class _Trainer:
                 kwargs["prompts"] = type(prompts)(
                     *(p[part] if p is not None else None for p in prompts)
                 )
-            sync = not self.info.distributed or i == len(starts) - 1
+            final = i == len(starts) - 1
+            sync = not self.info.distributed or final
             ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
-            autocast = torch.autocast(
-                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-            )
-            with ctx, autocast:
-                output = self.ddp_model(xc, **kwargs)
-                losses = loss_fn(output, yc, config=self.config.loss)
             weight = len(xc) / len(x)
-            self.scaler.scale(losses["total"].float() * weight).backward()
+            if final:
+                losses = self._forward(xc, yc, kwargs, loss_fn)
+                self._backward(losses, weight)
+            else:
+                out_of_memory = False
+                try:
+                    with ctx:
+                        losses = self._forward(xc, yc, kwargs, loss_fn)
+                        self._backward(losses, weight)
+                except torch.cuda.OutOfMemoryError:
+                    if not self.info.distributed:
+                        raise
+                    out_of_memory = True
+                if self.info.distributed and ddp.any_flag(self.info, out_of_memory):
+                    raise _SomeRankOutOfMemory
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) * weight
         return totals
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor, kwargs: dict, loss_fn) -> dict:
+        """Model and loss of one micro-batch under autocast: the loss parts (tensors)."""
+        autocast = torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        )
+        with autocast:
+            output = self.ddp_model(x, **kwargs)
+            return loss_fn(output, y, config=self.config.loss)
+
+    def _backward(self, losses: dict, weight: float) -> None:
+        self.scaler.scale(losses["total"].float() * weight).backward()
 
     def _prompts(self, x: torch.Tensor, y: torch.Tensor, keys: list | None):
         """SAM point prompts for `model.prompt: points` (a training experiment), else None."""
