@@ -54,6 +54,9 @@ class ModelConfig:
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     point_sampling: str = "labels"  # prompt == "points": "labels", "grid" or "error"
     rel_pos_resize: str = "interpolate"  # Meta rel_pos 127 -> 2*tokens-1: "interpolate" or "crop"
+    # SAM: > 0 sets the adapter's image to 0.5 + input_gain·(image − tile mean) before SAM's pixel
+    # normalisation (from-scratch models on faint volume contrast); 0 = off (pretrained SAM)
+    input_gain: float = 0.0
 
 
 @dataclass

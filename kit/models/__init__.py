@@ -64,6 +64,7 @@ def _build_sam(config: Config) -> nn.Module:
         adapter=m.adapter,
         prompt=m.prompt,
         grad_checkpointing=m.grad_checkpointing,
+        input_gain=m.input_gain,
     )
     model.variant = m.variant
     if m.train_mode == "lora":

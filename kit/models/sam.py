@@ -80,9 +80,11 @@ class SamSegmenter(nn.Module):
         adapter: str = "conv1x1",
         prompt: str = "none",
         grad_checkpointing: bool = False,
+        input_gain: float = 0.0,
     ) -> None:
         super().__init__()
         self.tile, self.prompt, self.grad_checkpointing = tile, prompt, grad_checkpointing
+        self.input_gain = input_gain
         self.adapter = build_adapter(adapter, in_channels)
         self.img_size = tile * self.adapter.scale
         tokens = self.img_size // spec.patch_size
@@ -124,7 +126,14 @@ class SamSegmenter(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, T) in [0, 1] -> image embeddings (B, prompt_dim, tokens, tokens)."""
-        image = (self.adapter(x) * 255.0 - self.pixel_mean) / self.pixel_std
+        image = self.adapter(x)
+        if self.input_gain > 0:
+            # A faint volume signal (ink ~0.02 of the [0, 1] range) is tiny on SAM's pixel
+            # scale and a from-scratch ViT barely moves towards it; amplified around the tile's
+            # mean it learns (model.input_gain; off for pretrained SAM, which expects raw frames).
+            mean = image.mean(dim=(2, 3), keepdim=True)
+            image = 0.5 + self.input_gain * (image - mean)
+        image = (image * 255.0 - self.pixel_mean) / self.pixel_std
         enc = self.image_encoder
         h = enc.patch_embed(image)
         if enc.pos_embed is not None:
