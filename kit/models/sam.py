@@ -61,6 +61,10 @@ SAM_VARIANTS: dict[str, SamSpec] = {
         96, 4, 3, (1, 3), patch_size=8, window_size=4, prompt_dim=64, decoder_mlp_dim=256,
         decoder_heads=4, iou_hidden_dim=64,
     ),
+    "vit_tiny4": SamSpec(
+        96, 4, 3, (1, 3), patch_size=4, window_size=4, prompt_dim=64, decoder_mlp_dim=256,
+        decoder_heads=4, iou_hidden_dim=64,
+    ),
     "vit_tiny16": SamSpec(
         96, 4, 3, (1, 3), patch_size=16, window_size=14, prompt_dim=64, decoder_mlp_dim=256,
         decoder_heads=4, iou_hidden_dim=64,
