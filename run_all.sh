@@ -11,6 +11,7 @@
 #   SAM_CHECKPOINT  Meta SAM checkpoint to fine-tune SAM members from
 #   FOLDS           folds CSV (default: folds.csv)
 #   NGPUS           GPUs to spread folds over, one fold per GPU at a time (default: all visible)
+#   CPU_JOBS        trainings at once without a GPU (default: the number of cores)
 #   DEMO_SCALE      size of the generated demo data relative to the real fragments (1/16)
 #   TRAIN_ARGS      extra arguments for every `kit train` call, e.g. "--max-steps 20"
 # A rerun skips finished steps (trained folds, predicted fragments) and resumes interrupted ones.
@@ -57,65 +58,79 @@ fi
 FOLD_IDS=$("$PY" -c "import sys; from kit.data.folds import load_folds; print(' '.join(map(str, sorted({r.fold for r in load_folds(sys.argv[1])}))))" "$FOLDS")
 IFS=',' read -r -a MEMBERS <<<"$CONFIG"
 
-# One `kit train` per (member, fold); a finished run returns at once, an interrupted one resumes.
-train_one() {
-  local config=$1 fold=$2 gpu=$3
-  local name run
-  name=$(basename "${config%.y*ml}")
-  run="$OUT_DIR/runs/$name/fold$fold"
-  local args=(--data "$DATA_DIR" --fold "$fold" --config "$config" --folds "$FOLDS" --out "$run")
-  [ -n "$SAM_CHECKPOINT" ] && args+=(--sam-checkpoint "$SAM_CHECKPOINT")
-  # A finished run leaves the exact command in $run/finished: the same command skips at once
-  # (no Python start-up); any change (config, TRAIN_ARGS, checkpoint) goes through `kit train`,
-  # which resumes or refuses as the run directory says.
-  local command="train ${args[*]} $TRAIN_ARGS"
-  if [ -f "$run/finished" ] && [ "$(cat "$run/finished")" = "$command" ]; then
-    echo "$run: finished earlier, kept"
-    return 0
-  fi
-  [ -f "$run/checkpoints/last.pt" ] && args+=(--resume)
-  # shellcheck disable=SC2086
-  if [ "$gpu" = cpu ]; then
-    "$PY" -m kit train "${args[@]}" $TRAIN_ARGS
-  else
-    CUDA_VISIBLE_DEVICES=$gpu "$PY" -m kit train "${args[@]}" $TRAIN_ARGS >"$run.log" 2>&1
-  fi
-  echo "$command" >"$run/finished"
-}
-
 RUNS=()
 for config in "${MEMBERS[@]}"; do
   name=$(basename "${config%.y*ml}")
   for fold in $FOLD_IDS; do RUNS+=("$OUT_DIR/runs/$name/fold$fold"); done
 done
 
-if [ "$NGPUS" -gt 0 ]; then
-  step "train ${#RUNS[@]} runs over $NGPUS GPU(s)"
-  mkdir -p "$OUT_DIR/runs"
-  jobs_pids=() jobs_names=() slot=0
-  for config in "${MEMBERS[@]}"; do
-    for fold in $FOLD_IDS; do
-      if [ "${#jobs_pids[@]}" -ge "$NGPUS" ]; then
-        wait "${jobs_pids[0]}" || { echo "run_all.sh: training ${jobs_names[0]} failed, see its .log" >&2; exit 1; }
-        jobs_pids=("${jobs_pids[@]:1}") jobs_names=("${jobs_names[@]:1}")
-      fi
-      mkdir -p "$OUT_DIR/runs/$(basename "${config%.y*ml}")"
-      train_one "$config" "$fold" "$((slot % NGPUS))" &
-      jobs_pids+=($!) jobs_names+=("$(basename "${config%.y*ml}") fold $fold")
-      slot=$((slot + 1))
-    done
+# One `kit train` per (member, fold). A finished run leaves its exact command in $run/finished:
+# the same command is skipped without starting Python; any change (config, TRAIN_ARGS,
+# checkpoint) goes through `kit train`, which resumes from last.pt or refuses as the run says.
+train_command() {
+  local config=$1 fold=$2 run=$3
+  TRAIN=(--data "$DATA_DIR" --fold "$fold" --config "$config" --folds "$FOLDS" --out "$run")
+  [ -n "$SAM_CHECKPOINT" ] && TRAIN+=(--sam-checkpoint "$SAM_CHECKPOINT")
+  # shellcheck disable=SC2206
+  TRAIN+=($TRAIN_ARGS)
+}
+
+train_one() {
+  local run=$1 device=$2
+  shift 2
+  local args=("$@")
+  [ -f "$run/checkpoints/last.pt" ] && args+=(--resume)
+  if [ "$device" = cpu ]; then
+    "$PY" -m kit train "${args[@]}"
+  else
+    CUDA_VISIBLE_DEVICES=$device "$PY" -m kit train "${args[@]}"
+  fi
+  echo "train $*" >"$run/finished"
+}
+
+# Several trainings at once: one per GPU, or CPU_JOBS on a CPU (the demo presets use one torch
+# thread each, so two cores train two folds side by side). Jobs log to <run>.log.
+if [ "$NGPUS" -gt 0 ]; then SLOTS=$NGPUS; else SLOTS=${CPU_JOBS:-$(nproc)}; fi
+PIDS=() NAMES=() LOGS=()
+reap_oldest() {
+  local pid=${PIDS[0]} name=${NAMES[0]} log=${LOGS[0]}
+  PIDS=("${PIDS[@]:1}") NAMES=("${NAMES[@]:1}") LOGS=("${LOGS[@]:1}")
+  if ! wait "$pid"; then
+    tail -n 5 "$log" >&2
+    echo "run_all.sh: step \"train $name\" failed; full log: $log" >&2
+    [ "${#PIDS[@]}" -eq 0 ] || kill "${PIDS[@]}" 2>/dev/null || true
+    exit 1
+  fi
+  echo "  $(tail -n 1 "$log")"
+}
+
+step "train ${#RUNS[@]} runs, $SLOTS at a time ($([ "$NGPUS" -gt 0 ] && echo "$NGPUS GPU(s)" || echo CPU))"
+slot=0
+for config in "${MEMBERS[@]}"; do
+  name=$(basename "${config%.y*ml}")
+  mkdir -p "$OUT_DIR/runs/$name"
+  for fold in $FOLD_IDS; do
+    run="$OUT_DIR/runs/$name/fold$fold"
+    train_command "$config" "$fold" "$run"
+    if [ -f "$run/finished" ] && [ "$(cat "$run/finished")" = "train ${TRAIN[*]}" ]; then
+      echo "$run: finished earlier, kept"
+      continue
+    fi
+    device=cpu
+    [ "$NGPUS" -gt 0 ] && device=$((slot % NGPUS))
+    if [ "$SLOTS" -le 1 ]; then
+      STEP="train $name fold $fold"
+      train_one "$run" "$device" "${TRAIN[@]}"
+      continue
+    fi
+    while [ "${#PIDS[@]}" -ge "$SLOTS" ]; do reap_oldest; done
+    echo "$run: training (log: $run.log)"
+    train_one "$run" "$device" "${TRAIN[@]}" >"$run.log" 2>&1 &
+    PIDS+=($!) NAMES+=("$name fold $fold") LOGS+=("$run.log")
+    slot=$((slot + 1))
   done
-  for i in "${!jobs_pids[@]}"; do
-    wait "${jobs_pids[$i]}" || { echo "run_all.sh: training ${jobs_names[$i]} failed, see its .log" >&2; exit 1; }
-  done
-else
-  for config in "${MEMBERS[@]}"; do
-    for fold in $FOLD_IDS; do
-      step "train $config fold $fold (CPU)"
-      train_one "$config" "$fold" cpu
-    done
-  done
-fi
+done
+while [ "${#PIDS[@]}" -gt 0 ]; do reap_oldest; done
 
 step "out-of-fold evaluation"
 "$PY" -m kit evaluate --runs "${RUNS[@]}" --data "$DATA_DIR" --out "$OUT_DIR/evaluation"

@@ -70,5 +70,5 @@ def test_run_all_stops_at_the_failing_step_with_its_name(tmp_path, demo_dir):
     )
     assert result.returncode != 0
     assert "unknown config 'no-such-preset'" in result.stderr
-    assert 'step "train no-such-preset fold 0 (CPU)" failed' in result.stderr
+    assert 'step "train no-such-preset fold 0' in result.stderr
     assert not (tmp_path / "submission.csv").exists()
