@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from kit.config import load_config
 from kit.errors import KitError
@@ -20,14 +19,6 @@ TINY = [
 ]  # fmt: skip
 NO_AUGMENT = [f"augment.{p}=0" for p in ("p_flip", "p_rot90", "p_affine", "p_intensity",
               "p_slice_jitter", "p_zshift", "p_slice_dropout", "p_coarse_dropout", "p_noise")]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _train(demo_dir: Path, out: Path, *extra: str, preset="cpu-demo", **kwargs) -> dict:

@@ -42,14 +42,6 @@ def _train(demo_dir: Path, out: Path, *extra: str, **kwargs) -> dict:
     )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_lr_schedule_warms_up_then_decays_to_zero():
     factors = [lr_factor(s, warmup=4, total=20) for s in range(21)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
