@@ -67,11 +67,20 @@ def _training_curves(run: Path, report: Path) -> Path | None:
         return None
     frame = pd.read_csv(csv)
     x = "epoch" if "epoch" in frame else frame.columns[0]
-    columns = [c for c in frame.columns if c != x and pd.api.types.is_numeric_dtype(frame[c])]
+    # Curves worth a look: numeric, not the x axis or the step counter, not constant (e.g. an
+    # unused loss part).
+    columns = [
+        c for c in frame.columns
+        if c not in (x, "step") and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].nunique() > 1
+    ]  # fmt: skip
     if frame.empty or not columns:
         return None
-    fig, axes = plt.subplots(1, len(columns), figsize=(2.6 * len(columns), 2.4), squeeze=False)
-    for ax, column in zip(axes[0], columns, strict=True):
+    ncols = min(len(columns), 5)
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(columns) :]:
+        ax.set_visible(False)
+    for ax, column in zip(axes.flat, columns, strict=False):
         ax.plot(frame[x], frame[column], marker=".")
         ax.set_title(column, fontsize=9)
         ax.tick_params(labelsize=7)
