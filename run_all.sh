@@ -70,6 +70,10 @@ done
 train_command() {
   local config=$1 fold=$2 run=$3
   TRAIN=(--data "$DATA_DIR" --fold "$fold" --config "$config" --folds "$FOLDS" --out "$run")
+  # The marker also holds the config file's hash, so an edited preset or YAML trains again.
+  local yaml=$config
+  [ -f "$yaml" ] || yaml="kit/presets/$config.yaml"
+  [ -f "$yaml" ] && CONFIG_HASH=$(cksum <"$yaml") || CONFIG_HASH=none
   [ -n "$SAM_CHECKPOINT" ] && TRAIN+=(--sam-checkpoint "$SAM_CHECKPOINT")
   # shellcheck disable=SC2206
   TRAIN+=($TRAIN_ARGS)
@@ -85,7 +89,7 @@ train_one() {
   else
     CUDA_VISIBLE_DEVICES=$device "$PY" -m kit train "${args[@]}"
   fi
-  echo "train $*" >"$run/finished"
+  echo "train $* $CONFIG_HASH" >"$run/finished"
 }
 
 # Several trainings at once: one per GPU, or CPU_JOBS on a CPU (the demo presets use one torch
@@ -112,7 +116,7 @@ for config in "${MEMBERS[@]}"; do
   for fold in $FOLD_IDS; do
     run="$OUT_DIR/runs/$name/fold$fold"
     train_command "$config" "$fold" "$run"
-    if [ -f "$run/finished" ] && [ "$(cat "$run/finished")" = "train ${TRAIN[*]}" ]; then
+    if [ -f "$run/finished" ] && [ "$(cat "$run/finished")" = "train ${TRAIN[*]} $CONFIG_HASH" ]; then
       echo "$run: finished earlier, kept"
       continue
     fi
