@@ -130,7 +130,7 @@ def load_oof_run(spec: str, data: str | Path | None = None) -> OOFRun:
     folds = {r.fold for r in regions}
     if len(folds) != 1:
         raise KitError(f"{regions_csv} holds regions of folds {sorted(folds)}; expected one fold")
-    run_json = _read_json(path / "run.json")
+    run_json = read_json(path / "run.json")
     data = Path(data) if data is not None else run_json.get("data")
     if data is None:
         raise KitError(f"{path}/run.json does not name the dataset; pass --data DATA_DIR")
@@ -143,7 +143,8 @@ def load_oof_run(spec: str, data: str | Path | None = None) -> OOFRun:
     return OOFRun(path, folds.pop(), member, 1.0 if weight is None else weight, Path(data), regions)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A small JSON record of the kit ({} when absent); a broken one is a KitError."""
     if not path.is_file():
         return {}
     try:

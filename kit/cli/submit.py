@@ -11,7 +11,6 @@ sample_submission.csv order, and the written file is validated against it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -58,6 +57,7 @@ def make_submission(
     from kit.config import PostConfig
     from kit.data.fragment import Fragment
     from kit.errors import KitError
+    from kit.evaluate import read_json
     from kit.infer.ensemble import fragment_dirs
     from kit.postprocess import percentile_threshold, postprocess
     from kit.rle import encode
@@ -65,7 +65,7 @@ def make_submission(
 
     if not pred.is_dir():
         raise KitError(f"prediction directory {pred} does not exist; run `python -m kit predict`")
-    record = _read_json(pred / "predict.json")
+    record = read_json(pred / "predict.json")
     post = PostConfig()
     if data is None and record.get("data"):
         data = Path(record["data"])
@@ -119,20 +119,10 @@ def make_submission(
     return rows
 
 
-def _read_json(path) -> dict:
-    from kit.errors import KitError
-
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise KitError(f"{path} is not valid JSON ({exc})") from exc
-
-
 def _evaluation_threshold(pred, record: dict, evaluation) -> tuple[float | None, str]:
     """(threshold, where it came from) from evaluation.json, searched as the module doc says."""
     from kit.errors import KitError
+    from kit.evaluate import read_json
 
     if evaluation is not None:
         candidates = [evaluation]
@@ -148,7 +138,7 @@ def _evaluation_threshold(pred, record: dict, evaluation) -> tuple[float | None,
             )
     for path in candidates:
         if path.is_file():
-            summary = _read_json(path)
+            summary = read_json(path)
             if "threshold" not in summary:
                 raise KitError(f"{path} has no 'threshold'; rerun `python -m kit evaluate`")
             return float(summary["threshold"]), str(path)
