@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kit import rle
 from kit.errors import KitError
+from kit.io import atomic_path
 
 HEADER = ["Id", "Predicted"]
 # Real RLE strings run to tens of MB; csv's default 128 kB field limit would reject them.
@@ -97,7 +98,7 @@ def write_submission(
     *,
     sample: str | os.PathLike | None = None,
 ) -> Path:
-    """Write {id: rle} as submission.csv atomically (temp file + os.replace).
+    """Write {id: rle} as submission.csv atomically.
 
     Rows follow the id order of `sample` (a sample_submission.csv) when it exists, else sorted
     ids; ids absent from the sample are an error, as the competition would reject them.
@@ -111,11 +112,8 @@ def write_submission(
             raise SubmissionError(f"ids {unknown} are not in {sample}")
         order = [i for i in sample_ids if i in rows]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(HEADER)
         writer.writerows((i, rows[i]) for i in order)
-    os.replace(tmp, path)
     return path

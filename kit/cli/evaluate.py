@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kit.evaluate import draw_pictures, evaluate_runs, format_table, load_oof_run
     from kit.infer.ensemble import parse_spec
+    from kit.io import atomic_path
 
     runs = [load_oof_run(spec, args.data) for spec in args.runs]
     if args.out is not None:
@@ -44,11 +45,9 @@ def run(args: argparse.Namespace) -> int:
     summary["runs"] = [
         {"run": str(r.path), "fold": r.fold, "member": r.member, "weight": r.weight} for r in runs
     ]
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "evaluation.json"
-    tmp = path.with_name(".evaluation.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if not args.no_pictures:
         draw_pictures(evaluation, runs, out)
     print(format_table(summary))

@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
         load_members,
         predict_ensemble,
         resolve_members,
-        write_png_atomic,
     )
+    from kit.io import write_png
     from kit.pictures import probability_preview
 
     out = Path(args.out)
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     (out / "predict.json").write_text(json.dumps(record, indent=2) + "\n")
     for fragment in todo:
         prob = predict_ensemble(loaded, fragment, device=device, progress=not args.no_progress)
-        write_png_atomic(out / f"{fragment.id}.png", prob)
-        write_png_atomic(out / "preview" / f"{fragment.id}.png", probability_preview(prob))
+        write_png(out / f"{fragment.id}.png", prob)
+        write_png(out / "preview" / f"{fragment.id}.png", probability_preview(prob))
         inside = prob[fragment.mask()]
         print(f"{out / f'{fragment.id}.png'}: {fragment.shape[0]}×{fragment.shape[1]}, "
               f"mean probability in mask {inside.mean() / 255:.3f}")  # fmt: skip

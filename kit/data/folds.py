@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import KitError
+from kit.io import atomic_path
 
 COLUMNS = ["fragment", "fold", "row_start", "row_end"]
 
@@ -74,14 +75,11 @@ def load_folds(path: str | os.PathLike) -> list[Region]:
 def write_folds(regions: list[Region], path: str | os.PathLike) -> Path:
     """Write regions as a folds CSV (atomically: a reader never sees half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for r in regions:
             writer.writerow([r.fragment, r.fold, _fmt(r.row_start), _fmt(r.row_end)])
-    os.replace(tmp, path)
     return path
 
 

@@ -11,7 +11,6 @@ checkpoint, so a SAM fold and a U-Net fold average correctly. Members are combin
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,14 +221,3 @@ def fragment_dirs(data: Path) -> list[Path]:
             "directory or one fragment directory"
         )
     return found
-
-
-def write_png_atomic(path: Path, image: np.ndarray) -> None:
-    """cv2.imwrite to a temporary name, then rename: a crash never leaves half a PNG."""
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise KitError(f"could not write {path}; is the disk full or the directory read-only?")
-    os.replace(tmp, path)

@@ -35,6 +35,7 @@ from kit.config import Config, config_to_dict, save_config
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize
 from kit.errors import KitError
+from kit.io import write_png
 from kit.train import ddp
 from kit.train.dataset import TileDataset, tile_loader
 from kit.train.sampler import epoch_tiles, tile_candidates
@@ -667,7 +668,7 @@ class _Trainer:
         if score > s.best_score:
             s.best_score, s.best_threshold = score, threshold
             for name, full in maps.items():
-                cv2.imwrite(str(self.out / "oof" / f"{name}.png"), full)
+                write_png(self.out / "oof" / f"{name}.png", full)
             save_checkpoint(self.best_path, {
                 "config": config_to_dict(self.config), "model": model.state_dict(),
                 "step": s.step, "epoch": epoch, "score": score, "threshold": threshold,
