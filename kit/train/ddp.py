@@ -60,9 +60,7 @@ def broadcast_flag(info: DistInfo, flag: bool) -> bool:
     """Rank 0's value of `flag` on every rank (e.g. "stop now")."""
     if not info.distributed:
         return flag
-    t = torch.tensor([int(flag)], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = _flag_tensor(flag)
     dist.broadcast(t, src=0)
     return bool(t.item())
 
@@ -71,9 +69,7 @@ def any_flag(info: DistInfo, flag: bool) -> bool:
     """True on every rank when `flag` is true on any rank (all_reduce MAX)."""
     if not info.distributed:
         return flag
-    t = torch.tensor([int(flag)], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = _flag_tensor(flag)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -87,3 +83,9 @@ def shard(items, info: DistInfo):
 def cleanup(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _flag_tensor(flag: bool) -> torch.Tensor:
+    """A one-element tensor where the backend can reduce it (NCCL needs it on the GPU)."""
+    t = torch.tensor([int(flag)], dtype=torch.int64)
+    return t.cuda() if dist.get_backend() == "nccl" else t
