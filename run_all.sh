@@ -136,11 +136,19 @@ for config in "${MEMBERS[@]}"; do
 done
 while [ "${#PIDS[@]}" -gt 0 ]; do reap_oldest; done
 
+# With several members their ensemble weights are chosen on the out-of-fold maps, and predict
+# uses the same weights (kit/weights.py; evaluate also prints a nested estimate of their worth).
+TUNE=() WEIGHTS=()
+if [ "${#MEMBERS[@]}" -gt 1 ]; then
+  TUNE=(--tune-weights) WEIGHTS=(--evaluation "$OUT_DIR/evaluation/evaluation.json")
+fi
+
 step "out-of-fold evaluation"
-"$PY" -m kit evaluate --runs "${RUNS[@]}" --data "$DATA_DIR" --out "$OUT_DIR/evaluation"
+"$PY" -m kit evaluate --runs "${RUNS[@]}" --data "$DATA_DIR" --out "$OUT_DIR/evaluation" "${TUNE[@]}"
 
 step "ensemble prediction on $DATA_DIR/test"
-"$PY" -m kit predict --data "$DATA_DIR/test" --runs "${RUNS[@]}" --out "$OUT_DIR/predictions"
+"$PY" -m kit predict --data "$DATA_DIR/test" --runs "${RUNS[@]}" --out "$OUT_DIR/predictions" \
+  "${WEIGHTS[@]}"
 
 step "submission"
 "$PY" -m kit submit --pred "$OUT_DIR/predictions" --data "$DATA_DIR/test" \

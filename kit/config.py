@@ -256,4 +256,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is str and isinstance(value, str):
         return value
+    if hint is str and isinstance(value, bool):
+        # YAML 1.1 reads an unquoted off/on (amp: off, --set train.amp=off) as false/true
+        return "on" if value else "off"
     raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

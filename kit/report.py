@@ -25,11 +25,14 @@ import pandas as pd
 def summary_lines(evaluation: dict, runs: list[str], seconds: float | None) -> list[str]:
     """What run_all prints and the report's first block shows."""
     from kit.evaluate import format_table
+    from kit.weights import describe_weights
 
     members = sorted({Path(r).parent.name for r in runs})
     lines = [f"ensemble members: {', '.join(members)} ({len(runs)} runs)"]
     if evaluation:
         lines += ["out-of-fold F0.5 (per fold at the pooled threshold):", format_table(evaluation)]
+        if "weights" in evaluation:
+            lines.append(describe_weights(evaluation["weights"]))
         lines.append(
             f"pooled OOF F0.5 {evaluation['f05']:.4f} at threshold {evaluation['threshold']:.3f}"
         )

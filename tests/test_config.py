@@ -23,3 +23,12 @@ def test_override_parses_yaml_values_and_rejects_unknown_keys():
 def test_unknown_preset_lists_valid_names():
     with pytest.raises(ConfigError, match="cpu-demo"):
         load_config("no-such-preset")
+
+
+def test_unquoted_off_stays_a_word_for_string_fields(tmp_path):
+    """YAML 1.1 reads `off` as false; the amp fields take the word (`--set train.amp=off`)."""
+    config = load_config("cpu-demo-unet", ["train.amp=off", "infer.amp=off"])
+    assert config.train.amp == "off" and config.infer.amp == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert load_config(str(path)).train.amp == "off"

@@ -3,7 +3,9 @@
 Reads each run's oof/<fragment>.png and oof/regions.csv, with labels and masks from the dataset
 (--data, else the `data` recorded in the run's run.json). Runs of the same fold (e.g. a SAM and a
 U-Net) are averaged as `predict` would (RUN:W sets a weight); each member is scored too.
-Writes <OUT>/evaluation.json (threshold, pooled and per-fold scores) and pictures in <OUT>.
+With --tune-weights the members' weights are searched on the OOF maps first (kit/weights.py) and
+the ensemble is scored with them; `predict --evaluation` then uses the same weights.
+Writes <OUT>/evaluation.json (threshold, weights, pooled and per-fold scores) and pictures.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="where evaluation.json and pictures go (default: the runs' common parent)",
     )
+    p.add_argument(
+        "--tune-weights",
+        action="store_true",
+        help="choose the members' ensemble weights on the OOF maps (reports a nested estimate)",
+    )
     p.add_argument("--no-pictures", action="store_true", help="skip overlays and plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -30,11 +37,20 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from kit.errors import KitError
     from kit.evaluate import draw_pictures, evaluate_runs, format_table, load_oof_run
     from kit.infer.ensemble import parse_spec
     from kit.io import atomic_path
+    from kit.weights import describe_weights, search_weights
 
     runs = [load_oof_run(spec, args.data) for spec in args.runs]
+    search = None
+    if args.tune_weights:
+        if any(parse_spec(s)[1] is not None for s in args.runs):
+            raise KitError("--tune-weights chooses the weights: drop the :W of the --runs entries")
+        search = search_weights(runs)
+        for r in runs:
+            r.weight = search.weights[r.member]
     if args.out is not None:
         out = Path(args.out)
     else:
@@ -42,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(os.path.commonpath(parents))
     evaluation = evaluate_runs(runs, progress=not args.no_progress)
     summary = evaluation.summary()
+    if search is not None:
+        summary["weights"] = search.summary()
     summary["runs"] = [
         {"run": str(r.path), "fold": r.fold, "member": r.member, "weight": r.weight} for r in runs
     ]
@@ -51,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_pictures:
         draw_pictures(evaluation, runs, out)
     print(format_table(summary))
+    if search is not None:
+        print(describe_weights(summary["weights"]))
     above = summary["ensemble_above_members"]
     if above is not None:
         print(f"ensemble above every member: {'yes' if above else 'NO'}")

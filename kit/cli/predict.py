@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="prediction directory")
     p.add_argument("--weights", nargs="+", type=float, help="one weight per --runs entry")
+    p.add_argument(
+        "--evaluation",
+        default=None,
+        help="evaluation.json of `evaluate --tune-weights`: use its tuned weights",
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="infer.KEY=VALUE",
                    help="inference overrides for every member, e.g. infer.tta=[identity,hflip]")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if present)")
@@ -47,7 +52,15 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    members = resolve_members(args.runs, args.weights)
+    weights = args.weights
+    if args.evaluation is not None:
+        from kit.errors import KitError
+        from kit.weights import weights_from_evaluation
+
+        if weights is not None:
+            raise KitError("give the weights either with --weights or with --evaluation")
+        weights = weights_from_evaluation(Path(args.evaluation), args.runs)
+    members = resolve_members(args.runs, weights)
     fragments = [Fragment(p) for p in fragment_dirs(Path(args.data))]  # checks masks up front
     record = {
         "data": str(Path(args.data).resolve()),

@@ -1,0 +1,199 @@
+"""Ensemble weights chosen on out-of-fold maps, with an honest (nested) estimate of their worth.
+
+    search_weights(runs) -> WeightSearch
+
+A grid over the simplex of member weights (step 0.05 for two or three members, coarser for
+more), each candidate scored by its pooled OOF F0.5 at its best threshold, with the ensemble
+computed by the same arithmetic as `predict` (kit.infer.ensemble.mean_maps). Picking weights and
+a threshold on the maps they are then scored on flatters them, so the search also reports the
+nested score: for each fold, the weights and threshold are chosen on the *other* folds and
+applied to it; the held-out counts are pooled. Each member alone gets the same nested treatment
+(its threshold chosen on the other folds), so the two nested figures compare like with like.
+
+The search reads at most about 4 M held-out papyrus pixels per fragment and member (every s-th
+row and column, s = 1 on small fragments, ~5 on fragment 2), ample for a handful of weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kit.errors import KitError
+from kit.evaluate import LEVELS, OOFRun, Scores, fold_maps
+from kit.infer.ensemble import mean_maps
+from kit.metrics import BETA
+
+MAX_CANDIDATES = 300
+SAMPLES_PER_FRAGMENT = 4_000_000
+
+
+@dataclass
+class WeightSearch:
+    weights: dict[str, float]  # member -> tuned weight (they sum to 1)
+    f05: float  # pooled OOF F0.5 of the tuned weights, chosen on these same maps (optimistic)
+    equal_f05: float  # pooled OOF F0.5 with equal weights
+    nested_f05: float | None  # weights and threshold chosen on the other folds (None: 1 fold)
+    nested_members: dict[str, float | None]  # each member alone, threshold from the other folds
+    step: float  # grid step
+    candidates: int
+
+    def summary(self) -> dict:
+        return {
+            "tuned": self.weights,
+            "f05": self.f05,
+            "equal_f05": self.equal_f05,
+            "nested_f05": self.nested_f05,
+            "nested_members": self.nested_members,
+            "step": self.step,
+            "candidates": self.candidates,
+        }
+
+
+def weight_grid(n_members: int) -> tuple[float, np.ndarray]:
+    """(step, candidates (K, n_members)): equal weights first, then the simplex grid (each row
+    sums to 1) at the finest step with at most MAX_CANDIDATES points."""
+    for step in (0.05, 0.1, 0.125, 0.2, 0.25, 0.5, 1.0):
+        n = round(1 / step)
+        points = [c for c in itertools.product(range(n + 1), repeat=n_members) if sum(c) == n]
+        if len(points) <= MAX_CANDIDATES:
+            grid = np.array(points, dtype=np.float64) / n
+            equal = np.full((1, n_members), 1 / n_members)
+            return step, np.concatenate([equal, grid[~np.all(np.isclose(grid, equal), axis=1)]])
+    raise AssertionError("unreachable: step 1.0 has n_members points")
+
+
+def search_weights(runs: list[OOFRun]) -> WeightSearch:
+    """Tune the members' weights on the runs' OOF maps (every member must cover every fold)."""
+    samples = _held_out_samples(runs)
+    members = list(next(iter(samples.values()))[0])
+    if len(members) < 2:
+        raise KitError("weight tuning needs at least two ensemble members")
+    step, grid = weight_grid(len(members))
+    # scores[k][fold]: histograms of candidate k's ensemble over the fold's held-out samples
+    scores = [
+        {
+            fold: _histograms(mean_maps([maps[m] for m in members], list(w)), ink)
+            for fold, (maps, ink) in samples.items()
+        }
+        for w in grid
+    ]
+    folds = list(samples)
+    best = int(np.argmax([_pooled(s, folds).best()[1] for s in scores]))
+    nested_members = {}
+    for i, m in enumerate(members):
+        alone = np.flatnonzero(np.isclose(grid[:, i], 1.0))[0]
+        nested_members[m] = _nested(scores, folds, candidates=[alone])
+    return WeightSearch(
+        weights={m: float(w) for m, w in zip(members, grid[best], strict=True)},
+        f05=_pooled(scores[best], folds).best()[1],
+        equal_f05=_pooled(scores[0], folds).best()[1],
+        nested_f05=_nested(scores, folds, candidates=range(len(grid))),
+        nested_members=nested_members,
+        step=step,
+        candidates=len(grid),
+    )
+
+
+def weights_from_evaluation(path: Path, specs: list[str]) -> list[float]:
+    """One weight per `predict --runs` entry, from evaluation.json's "runs" (matched by path)."""
+    from kit.evaluate import read_json
+    from kit.infer.ensemble import parse_spec
+
+    evaluation = read_json(path)
+    if "runs" not in evaluation:
+        raise KitError(f"{path} is not an evaluation.json of `kit evaluate` (no 'runs' entry)")
+    if "weights" not in evaluation:
+        raise KitError(
+            f"{path} holds no tuned weights: run `kit evaluate --tune-weights`, or drop "
+            "--evaluation to weigh members equally"
+        )
+    by_path = {str(Path(r["run"]).resolve()): float(r["weight"]) for r in evaluation["runs"]}
+    weights = []
+    for spec in specs:
+        run, weight = parse_spec(spec)
+        if weight is not None:
+            raise KitError(f"{spec}: the weights come from {path}; drop the :W")
+        key = str(Path(run).resolve())
+        if key not in by_path:
+            raise KitError(
+                f"{run} was not among the runs evaluated in {path}; pass the same run "
+                "directories to evaluate and predict"
+            )
+        weights.append(by_path[key])
+    return weights
+
+
+def describe_weights(weights: dict) -> str:
+    """Two lines for the terminal and the report, from `WeightSearch.summary()` (as stored in
+    evaluation.json under "weights"): the tuned weights, and what they are worth."""
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    tuned = ", ".join(f"{m} {w:.2f}" for m, w in weights["tuned"].items())
+    alone = ", ".join(f"{m} {fmt(v)}" for m, v in weights["nested_members"].items())
+    return (
+        f"ensemble weights tuned on OOF (grid step {weights['step']:g}): {tuned}; pooled F0.5 "
+        f"{weights['f05']:.4f} (equal weights {weights['equal_f05']:.4f})\n"
+        f"nested (weights and threshold chosen on the other folds): ensemble "
+        f"{fmt(weights['nested_f05'])}; members alone {alone}"
+    )
+
+
+def _held_out_samples(runs: list[OOFRun]) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """fold -> ({member: uint8 samples (N,)}, ink bool (N,)) over its held-out papyrus pixels."""
+    parts: dict[int, tuple[dict[str, list], list]] = {}
+    for fold, fragment, scored, maps, _ in fold_maps(runs):
+        s = max(1, int(np.sqrt(scored.sum() / SAMPLES_PER_FRAGMENT)))
+        keep = np.zeros_like(scored)
+        keep[::s, ::s] = scored[::s, ::s]
+        labels = fragment.labels()
+        if labels is None:
+            raise KitError(f"{fragment.path / 'inklabels.png'} is missing: cannot tune weights")
+        member_parts, ink = parts.setdefault(fold, ({}, []))
+        for name, prob in maps.items():
+            member_parts.setdefault(name, []).append(prob[keep])
+        ink.append(labels[keep] > 0)
+    names = {tuple(sorted(m)) for m, _ in parts.values()}
+    if len(names) != 1:
+        raise KitError(
+            "weight tuning needs every member in every fold; the folds have members "
+            f"{sorted(names)}: train the missing runs or leave --tune-weights off"
+        )
+    return {
+        fold: ({n: np.concatenate(v) for n, v in m.items()}, np.concatenate(ink))
+        for fold, (m, ink) in sorted(parts.items())
+    }
+
+
+def _histograms(prob: np.ndarray, ink: np.ndarray) -> Scores:
+    return Scores(np.bincount(prob[ink], minlength=256), np.bincount(prob[~ink], minlength=256))
+
+
+def _pooled(by_fold: dict[int, Scores], folds: list[int]) -> Scores:
+    total = Scores()
+    for f in folds:
+        total.add(by_fold[f])
+    return total
+
+
+def _nested(scores: list[dict[int, Scores]], folds: list[int], *, candidates) -> float | None:
+    """Pooled F0.5 when each fold gets the candidate and threshold best on the other folds."""
+    if len(folds) < 2:
+        return None
+    tp = fp = fn = 0
+    for f in folds:
+        others = [g for g in folds if g != f]
+        k = max(candidates, key=lambda c: _pooled(scores[c], others).best()[1])
+        level = int(np.argmax(_pooled(scores[k], others).curve())) + int(LEVELS[0])
+        held = scores[k][f]
+        tp += int(held.pos[level:].sum())
+        fp += int(held.neg[level:].sum())
+        fn += int(held.pos[:level].sum())
+    b2 = BETA * BETA
+    denom = (1 + b2) * tp + b2 * fn + fp
+    return (1 + b2) * tp / denom if denom else 0.0
