@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kit.config import Config
 from kit.data.fragment import Fragment
 from kit.errors import KitError
 from kit.infer.ensemble import mean_maps, parse_spec
@@ -135,12 +136,13 @@ def load_oof_run(spec: str, data: str | Path | None = None) -> OOFRun:
     if data is None:
         raise KitError(f"{path}/run.json does not name the dataset; pass --data DATA_DIR")
     config = load_config(str(path / "config.yaml")) if (path / "config.yaml").is_file() else None
-    member = (
-        f"{config.name} ({config.model.family} {config.model.variant})"
-        if config
-        else path.parent.name
-    )
+    member = member_name(config) if config else path.parent.name
     return OOFRun(path, folds.pop(), member, 1.0 if weight is None else weight, Path(data), regions)
+
+
+def member_name(config: Config) -> str:
+    """How evaluation.json names an ensemble member: "<config name> (<family> <variant>)"."""
+    return f"{config.name} ({config.model.family} {config.model.variant})"
 
 
 def read_json(path: Path) -> dict:

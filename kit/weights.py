@@ -17,14 +17,15 @@ row and column, s = 1 on small fragments, ~5 on fragment 2), ample for a handful
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from kit.config import Config
 from kit.errors import KitError
-from kit.evaluate import LEVELS, OOFRun, Scores, fold_maps
-from kit.infer.ensemble import mean_maps
+from kit.evaluate import LEVELS, OOFRun, Scores, fold_maps, member_name
+from kit.infer.ensemble import Member, mean_maps
 from kit.metrics import BETA
 
 MAX_CANDIDATES = 300
@@ -98,33 +99,43 @@ def search_weights(runs: list[OOFRun]) -> WeightSearch:
     )
 
 
-def weights_from_evaluation(path: Path, specs: list[str]) -> list[float]:
-    """One weight per `predict --runs` entry, from evaluation.json's "runs" (matched by path)."""
-    from kit.evaluate import read_json
-    from kit.infer.ensemble import parse_spec
+def weigh_by_evaluation(members: list[Member], path: Path) -> list[Member]:
+    """`members` with the weights `evaluate --tune-weights` stored in `path` (evaluation.json).
 
-    evaluation = read_json(path)
-    if "runs" not in evaluation:
-        raise KitError(f"{path} is not an evaluation.json of `kit evaluate` (no 'runs' entry)")
-    if "weights" not in evaluation:
+    Matched by member name (config name, family, variant; read from each run's config.yaml, else
+    from the checkpoint), not by path, so runs copied elsewhere (an offline notebook's dataset)
+    keep their weights.
+    """
+    from kit.evaluate import read_json
+
+    if not path.is_file():
+        raise KitError(f"evaluation file {path} does not exist; run `kit evaluate --tune-weights`")
+    tuned = read_json(path).get("weights", {}).get("tuned")
+    if not tuned:
         raise KitError(
             f"{path} holds no tuned weights: run `kit evaluate --tune-weights`, or drop "
             "--evaluation to weigh members equally"
         )
-    by_path = {str(Path(r["run"]).resolve()): float(r["weight"]) for r in evaluation["runs"]}
-    weights = []
-    for spec in specs:
-        run, weight = parse_spec(spec)
-        if weight is not None:
-            raise KitError(f"{spec}: the weights come from {path}; drop the :W")
-        key = str(Path(run).resolve())
-        if key not in by_path:
+    weighed = []
+    for m in members:
+        name = member_name(_checkpoint_config(m.checkpoint))
+        if name not in tuned:
             raise KitError(
-                f"{run} was not among the runs evaluated in {path}; pass the same run "
-                "directories to evaluate and predict"
+                f"{m.checkpoint} is member {name!r}, which {path} does not weigh (it weighs "
+                f"{sorted(tuned)}): pass the runs that were evaluated"
             )
-        weights.append(by_path[key])
-    return weights
+        weighed.append(replace(m, weight=float(tuned[name])))
+    return weighed
+
+
+def _checkpoint_config(checkpoint: Path) -> Config:
+    from kit.checkpoint import checkpoint_config, load_checkpoint
+    from kit.config import load_config
+
+    run_config = checkpoint.parent.parent / "config.yaml"
+    if checkpoint.parent.name == "checkpoints" and run_config.is_file():
+        return load_config(str(run_config))
+    return checkpoint_config(load_checkpoint(checkpoint), checkpoint)
 
 
 def describe_weights(weights: dict) -> str:

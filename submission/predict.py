@@ -7,7 +7,9 @@
 several of those; each checkpoint carries its config, so nothing else is needed. It runs exactly
 `python -m kit predict` then `python -m kit submit` (same code as the kit's CLI): the threshold
 is --threshold, else --percentile, else the evaluation.json found in --runs (copy the one
-`evaluate` wrote next to your runs), else config.post.threshold. No network access is needed.
+`evaluate` wrote next to your runs), else config.post.threshold. When that evaluation.json holds
+weights tuned by `evaluate --tune-weights`, the members get them (unless --runs gives RUN:W).
+No network access is needed.
 """
 
 from __future__ import annotations
@@ -55,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _import_kit(args.kit)
     from kit.cli import main as kit_main
+    from kit.evaluate import read_json
+    from kit.infer.ensemble import parse_spec
 
+    evaluation = _find_evaluation(args.runs)
     predict = ["predict", "--data", args.data, "--runs", *args.runs, "--out", args.work]
+    explicit = any(parse_spec(r)[1] is not None for r in args.runs)
+    if evaluation is not None and "weights" in read_json(evaluation) and not explicit:
+        predict += ["--evaluation", str(evaluation)]
     if args.tta:
         predict += ["--set", f"infer.tta=[{args.tta}]"]
     if args.device:
@@ -69,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         submit += ["--threshold", str(args.threshold)]
     elif args.percentile is not None:
         submit += ["--percentile", str(args.percentile)]
-    else:
-        evaluation = _find_evaluation(args.runs)
-        if evaluation is not None:
-            submit += ["--evaluation", str(evaluation)]
+    elif evaluation is not None:
+        submit += ["--evaluation", str(evaluation)]
     if args.min_area is not None:
         submit += ["--min-area", str(args.min_area)]
     return kit_main(submit)

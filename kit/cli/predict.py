@@ -52,15 +52,15 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    weights = args.weights
+    members = resolve_members(args.runs, args.weights)
     if args.evaluation is not None:
         from kit.errors import KitError
-        from kit.weights import weights_from_evaluation
+        from kit.infer.ensemble import parse_spec
+        from kit.weights import weigh_by_evaluation
 
-        if weights is not None:
-            raise KitError("give the weights either with --weights or with --evaluation")
-        weights = weights_from_evaluation(Path(args.evaluation), args.runs)
-    members = resolve_members(args.runs, weights)
+        if args.weights is not None or any(parse_spec(s)[1] is not None for s in args.runs):
+            raise KitError("give the weights with --weights, RUN:W or --evaluation, not several")
+        members = weigh_by_evaluation(members, Path(args.evaluation))
     fragments = [Fragment(p) for p in fragment_dirs(Path(args.data))]  # checks masks up front
     record = {
         "data": str(Path(args.data).resolve()),

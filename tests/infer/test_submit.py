@@ -149,3 +149,9 @@ def test_offline_submission_script(tmp_path):
     np.testing.assert_array_equal(maps["a"].astype(bool), expected)
     record = json.loads((tmp_path / "w" / "predict.json").read_text())
     assert len(record["members"]) == 2 and record["overrides"] == ["infer.tta=[identity,hflip]"]
+    # tuned weights in that evaluation.json reach the members (matched by member name)
+    tuned = {"threshold": 0.45, "weights": {"tuned": {"tiny (sam vit_tiny)": 0.3}}}
+    (runs / "evaluation.json").write_text(json.dumps(tuned))
+    assert offline.main([*argv[:-1], str(tmp_path / "w2")]) == 0
+    record = json.loads((tmp_path / "w2" / "predict.json").read_text())
+    assert [m["weight"] for m in record["members"]] == [0.3, 0.3]

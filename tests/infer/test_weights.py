@@ -1,20 +1,23 @@
 """Ensemble weights tuned on OOF maps (`evaluate --tune-weights`, `predict --evaluation`)."""
 
 import json
+import shutil
 
 import cv2
 import numpy as np
 import pytest
 from infer_helpers import write_oof_run, write_train_data
 
+from kit.checkpoint import save_checkpoint
 from kit.cli import main
+from kit.config import Config, config_to_dict
 from kit.data.folds import Region
 from kit.data.fragment import Fragment
 from kit.errors import KitError
 from kit.evaluate import load_oof_run
-from kit.infer.ensemble import mean_maps
+from kit.infer.ensemble import Member, mean_maps
 from kit.metrics import BETA
-from kit.weights import search_weights, weight_grid, weights_from_evaluation
+from kit.weights import search_weights, weigh_by_evaluation, weight_grid
 
 FOLDS = {0: [("1", 0.0, 1.0), ("2", 0.0, 0.5)], 1: [("2", 0.5, 1.0)]}
 MEMBERS = {"good": 0.15, "poor": 0.5}  # noise of each member's OOF maps
@@ -114,23 +117,31 @@ def test_evaluate_tunes_and_predict_reads_the_weights(runs, tmp_path, capsys):
     tuned = summary["weights"]["tuned"]
     assert summary["f05"] == pytest.approx(summary["weights"]["f05"])
     assert {r["weight"] for r in summary["runs"]} == set(tuned.values())
-    weights = weights_from_evaluation(out / "evaluation.json", [str(p) for p in paths[::-1]])
-    expected = [tuned[f"{p.parent.name} (sam vit_b)"] for p in paths[::-1]]
-    assert weights == pytest.approx(expected)
-    # a run it did not score, a :W, or an evaluation without tuned weights: clear errors
-    with pytest.raises(KitError, match="not among the runs evaluated"):
-        weights_from_evaluation(out / "evaluation.json", [str(tmp_path)])
-    with pytest.raises(KitError, match="drop the :W"):
-        weights_from_evaluation(out / "evaluation.json", [f"{paths[0]}:2"])
+    # predict matches members by name (config name, family, variant), not by path: a run copied
+    # elsewhere and a loose checkpoint keep their member's weight
+    copied = tmp_path / "copied" / "fold0"
+    shutil.copytree(paths[0], copied)
+    loose = tmp_path / "poor.pt"
+    save_checkpoint(loose, {"config": config_to_dict(Config(name="poor")), "model": {}})
+    members = [Member(r / "checkpoints" / "best.pt", 1.0, r.name) for r in (*paths, copied)]
+    weighed = weigh_by_evaluation([*members, Member(loose, 1.0, "poor")], out / "evaluation.json")
+    expected = [tuned[f"{p.parent.name} (sam vit_b)"] for p in paths]
+    expected += [tuned["good (sam vit_b)"], tuned["poor (sam vit_b)"]]
+    assert [m.weight for m in weighed] == pytest.approx(expected)
+    # a member it did not weigh, or an evaluation without tuned weights: clear errors
+    stranger = Member(tmp_path / "x.pt", 1.0, "x")
+    save_checkpoint(stranger.checkpoint, {"config": config_to_dict(Config(name="x")), "model": {}})
+    with pytest.raises(KitError, match="does not weigh"):
+        weigh_by_evaluation([stranger], out / "evaluation.json")
     assert main([*argv, "--runs", *map(str, paths)]) == 0
     with pytest.raises(KitError, match="--tune-weights"):
-        weights_from_evaluation(out / "evaluation.json", [str(paths[0])])
+        weigh_by_evaluation(members, out / "evaluation.json")
     capsys.readouterr()
     assert main([*argv, "--tune-weights", "--runs", f"{paths[0]}:2", *map(str, paths[1:])]) == 2
     assert "drop the :W" in capsys.readouterr().err
-    predict = ["predict", "--data", str(data), "--runs", str(paths[0]), "--out", str(tmp_path)]
+    predict = ["predict", "--data", str(data), "--runs", str(loose), "--out", str(tmp_path)]
     assert main([*predict, "--weights", "1", "--evaluation", str(out / "evaluation.json")]) == 2
-    assert "either with --weights or with --evaluation" in capsys.readouterr().err
+    assert "not several" in capsys.readouterr().err
 
 
 def test_tuning_needs_two_members_in_every_fold(runs, capsys):
