@@ -514,18 +514,19 @@ def section_infer(args) -> dict:
 
 # -- consistency ---------------------------------------------------------------------------------
 def section_consistency(args) -> dict:
-    """Tiny random-init checkpoints (cpu-demo SAM, cpu-demo-unet) through a checkpoint file,
-    predict_fragment on a demo test fragment: device fp32 vs CPU, also with TF32 convolutions
-    and matmuls off (torch's default lets cuDNN use TF32 for fp32 convolutions) and in bf16.
+    """Tiny random-init checkpoints (cpu-demo SAM with its Conv3d stem, cpu-demo-unet) through a
+    checkpoint file and what `kit predict` runs (load_members, predict_ensemble) on a demo test
+    fragment: device fp32 vs CPU, also with TF32 convolutions and matmuls off (torch's default
+    lets cuDNN use TF32 for fp32 convolutions) and in bf16.
     The last layer is scaled so the logits spread (std ~3) over the fragment: a random-init
     model's map is nearly constant, which would make any comparison pass."""
     import numpy as np
     import torch
 
-    from kit.checkpoint import model_from_checkpoint, save_checkpoint
-    from kit.config import apply_overrides, config_to_dict, load_config
+    from kit.checkpoint import save_checkpoint
+    from kit.config import config_to_dict, load_config
     from kit.data.fragment import Fragment
-    from kit.infer.stitch import predict_fragment
+    from kit.infer.ensemble import load_members, predict_ensemble, resolve_members
     from kit.models import build_model
 
     s = sizes(args.smoke)
@@ -548,15 +549,15 @@ def section_consistency(args) -> dict:
         maps = {}
         for name, dev, amp, tf32 in (("cpu", "cpu", "off", True),
                                      *((n, device, a, t) for n, a, t in variants)):  # fmt: skip
-            model, cfg = model_from_checkpoint(path, map_location="cpu")
-            cfg = apply_overrides(cfg, [f"infer.amp='{amp}'"])  # bare off is YAML False
-            if torch.device(dev).type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
+            # what `kit predict` runs: load_members (channels_last on CUDA), predict_ensemble;
+            # 'off' quoted: a bare off is YAML False
+            members = load_members(resolve_members([str(path)]), device=str(dev),
+                                   overrides=[f"infer.amp='{amp}'"])  # fmt: skip
             torch.backends.cudnn.allow_tf32 = cudnn_tf32 and tf32
             old_matmul = torch.backends.cuda.matmul.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = old_matmul and tf32
             try:
-                pred = predict_fragment(model.to(dev), cfg, fragment, device=dev, progress=False)
+                pred = predict_ensemble(members, fragment, device=str(dev), progress=False)
             finally:
                 torch.backends.cudnn.allow_tf32 = cudnn_tf32
                 torch.backends.cuda.matmul.allow_tf32 = old_matmul
@@ -610,7 +611,8 @@ def spread_logits(model, config, fragment) -> float:
 def section_summary(args) -> dict:
     """One line per section; a section with no entry (killed by its timeout) is marked so."""
     results = load_results(args.results)
-    for name in SECTIONS:
+    chosen = os.environ.get("GPU_CHECK_SECTIONS", "").split() or list(SECTIONS)  # gpu_check.sh
+    for name in chosen:
         if name != "summary" and name not in results:
             results[name] = {
                 "ok": False,

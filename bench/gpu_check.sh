@@ -2,6 +2,7 @@
 # One-shot GPU check of the kit's CUDA paths, sized to end within ~300 s on one H100/H200:
 #   bash bench/gpu_check.sh            (device tool: carry [".whl"]; results in $OUT)
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/gpucheck bash bench/gpu_check.sh   (same sections, tiny, on a CPU)
+#   GPU_CHECK_SECTIONS="infer consistency" bash bench/gpu_check.sh   (only those; default: all)
 # Writes $OUT/gpu_check.log (everything printed) and $OUT/gpu_results.json (bench/bench_gpu.py).
 # Each section runs in its own process under `timeout`, capped by what is left of
 # GPU_CHECK_BUDGET seconds, so one failing or hanging section never loses the others.
@@ -14,6 +15,8 @@ LOG=$OUT/gpu_check.log
 RES=$OUT/gpu_results.json
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check_work}
 BUDGET=${GPU_CHECK_BUDGET:-290}
+ALL_SECTIONS="env cli consistency train_step encoder infer"
+export GPU_CHECK_SECTIONS=${GPU_CHECK_SECTIONS:-$ALL_SECTIONS}  # the summary reads it too
 SMOKE=()
 LIMIT_SCALE=1  # section limits below are the GPU's; a shared 2-core CPU needs more, even tiny
 if [[ ${GPU_CHECK_SMOKE:-0} == 1 ]]; then
@@ -26,7 +29,7 @@ exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 START=$SECONDS
 
-echo "== gpu_check $(date -u +%FT%TZ) smoke=${GPU_CHECK_SMOKE:-0} budget=${BUDGET}s"
+echo "== gpu_check $(date -u +%FT%TZ) smoke=${GPU_CHECK_SMOKE:-0} budget=${BUDGET}s sections: $GPU_CHECK_SECTIONS"
 nvidia-smi -L 2>&1 || echo "nvidia-smi: not available"
 echo "cpus $(nproc); $(df -h /dev/shm | tail -1 | awk '{print "/dev/shm " $2 " (" $4 " free)"}'); disk $(df -h /tmp | tail -1 | awk '{print $4}') free in /tmp"
 # Carried wheels (segment-anything: pure Python, absent on the device; kornia and imagecodecs
@@ -47,6 +50,7 @@ export PYTHONPATH=$SITE:$PWD
 
 section() {  # section NAME LIMIT_S: bench_gpu.py NAME under timeout, capped by the budget left
     local name=$1 limit=$2 left t0 rc
+    [[ " $GPU_CHECK_SECTIONS " == *" $name "* ]] || return 0
     left=$((BUDGET - (SECONDS - START)))
     if ((left < 10)); then
         echo "== $name: SKIPPED (budget spent)"

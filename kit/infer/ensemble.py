@@ -20,7 +20,7 @@ import torch
 from kit.config import Config, ConfigError, apply_overrides, config_to_dict, load_config
 from kit.data.fragment import Fragment
 from kit.errors import KitError
-from kit.infer.stitch import predict_fragment
+from kit.infer.stitch import predict_fragment, to_channels_last
 
 BEST = Path("checkpoints") / "best.pt"
 
@@ -127,8 +127,8 @@ def load_members(
             config = apply_overrides(config, list(overrides))
         except ConfigError as exc:
             raise KitError(f"--set: {exc}") from exc
-        if torch.device(device).type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        if torch.device(device).type == "cuda":  # conv weights only: a Conv3d stays as it is
+            model = to_channels_last(model)
         loaded.append(LoadedMember(m, model, config))
     return loaded
 

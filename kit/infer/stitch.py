@@ -1,14 +1,22 @@
 """Streamed sliding-window inference over one fragment: the function validation and test share.
 
     predict_fragment(model, config, fragment, rows=(r0, r1)) -> uint8 (H, W) probability × 255
+    to_channels_last(model) -> model: the layout the CUDA path feeds (rank-4 conv weights only)
 
 The fragment is read in horizontal bands one tile high, one band per row of tiles (each read
 reuses the rows it shares with the previous band, so every pixel row is read once), while a
 background thread already reads the next band. Tiles without papyrus are skipped; the rest go
 to the model in full batches, possibly spanning two bands. Rows no pending or future tile can
-reach are normalised and written into the uint8 output, so the float accumulators hold only a
-band or two: peak memory is one band of input plus the uint8 output, whatever the slice count
-or fragment height.
+reach are finished into the uint8 output, so the float accumulators hold only a band or two.
+
+One path for every device: the band, the tile cutting, normalisation, the model and the weighted
+accumulation all live on `device`; only the finished uint8 rows come back to the host, once.
+On CUDA that keeps the host out of the loop (with stride T/4 each pixel is in 16 tiles: cutting
+them on the host copied and sent 16× the volume); on CPU the same code runs on host tensors.
+Device memory beyond the model: one uint16 band, C × T × (c1 - c0) × 2 bytes (30 slices, T=256,
+fragment 2's 9506 columns: 146 MB; a transient copy of its shared rows when it advances) and
+two float32 row accumulators of at most ~2T rows. Never the whole fragment.
+Host memory: the uint8 output, the mask, and the band being read.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from kit.config import Config
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize, read_window
 from kit.infer.tta import check_tta, tta_probabilities
-from kit.tiles import add_tile, finish, mask_fractions, tile_positions, to_uint8, window_weights
+from kit.tiles import add_tile, mask_fractions, tile_positions, window_weights
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,6 +74,19 @@ def plan_tiles(config: Config, fragment: Fragment, rows: tuple[int, int] | None 
     return TilePlan(tile, (r0, r1), ys, xs, c0, c1)
 
 
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Put every Conv2d/ConvTranspose2d weight in channels_last, in place; returns `model`.
+
+    What cuDNN wants with the channels_last input the CUDA path feeds. `model.to(memory_format=
+    torch.channels_last)` is not usable: it raises on any rank-5 tensor (the stem3d adapter's
+    Conv3d weights) and also permutes rank-4 tensors that are not images (SAM's pos_embed).
+    """
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            module.to(memory_format=torch.channels_last)
+    return model
+
+
 def predict_fragment(
     model: torch.nn.Module,
     config: Config,
@@ -78,21 +99,22 @@ def predict_fragment(
     """Stitched probability map, uint8 (H, W) = round(p × 255); 0 outside `rows` and the mask.
 
     `model(x)` takes float32 (B, C, T, T) from `normalize` and returns an object with `.logits`
-    (B, 1, T, T) (or the logits tensor itself). TTA (config.infer.tta), window
-    (config.infer.window), stride (config.infer.stride, 0 = config.data.stride), batch size and
-    AMP (config.infer.*, CUDA only) come from `config`. The model's train/eval mode is restored.
+    (B, 1, T, T) (or the logits tensor itself); it must already be on `device`. TTA
+    (config.infer.tta), window (config.infer.window), stride (config.infer.stride, 0 =
+    config.data.stride), batch size and AMP (config.infer.*, CUDA only) come from `config`.
+    The model's train/eval mode is restored. Device memory: see the module docstring.
     """
     plan = plan_tiles(config, fragment, rows)
     out = np.zeros(fragment.shape, dtype=np.uint8)
     if plan.n_tiles == 0:
         return out
     device = torch.device(device)
-    stats = fragment_stats(fragment, config.data).as_tensor()
+    stats = fragment_stats(fragment, config.data).as_tensor().to(device)
     forward = _batch_predictor(model, config, stats, device)
-    window = window_weights(plan.tile, config.infer.window)
+    window = torch.from_numpy(window_weights(plan.tile, config.infer.window)).to(device)
     acc = _RowAccumulator(plan.c0, plan.c1 - plan.c0, window)
-    mask = fragment.mask()
-    queue: deque[tuple[int, int, np.ndarray]] = deque()
+    writer = _RowWriter(out, fragment.mask(), plan)
+    queue: deque[tuple[int, int, torch.Tensor]] = deque()
     batch_size = max(1, config.infer.batch_size)
     was_training = model.training
     model.eval()
@@ -100,22 +122,23 @@ def predict_fragment(
         total=plan.n_tiles, desc=f"fragment {fragment.id}", unit="tile", disable=not progress
     )
     try:
-        for k, band in enumerate(_bands(fragment, config, plan)):
-            y = plan.band_ys[k]
-            queue.extend(
-                (y, int(x), band[:, :, x - plan.c0 : x - plan.c0 + plan.tile])
-                for x in plan.band_xs[k]
-            )
-            while len(queue) >= batch_size:
-                _run_batch(forward, acc, [queue.popleft() for _ in range(batch_size)], bar)
-            # the band buffer is reused in place for the next band: detach the few pending tiles
-            queue = deque((ty, tx, tile.copy()) for ty, tx, tile in queue)
-            following = plan.band_ys[k + 1] if k + 1 < len(plan.band_ys) else fragment.shape[0]
-            frontier = min(following, queue[0][0]) if queue else following
-            _write_rows(out, mask, plan, acc.flush(frontier))
-        if queue:
-            _run_batch(forward, acc, list(queue), bar)
-        _write_rows(out, mask, plan, acc.flush(fragment.shape[0] + plan.tile))
+        with torch.inference_mode():
+            for k, band in enumerate(_bands(fragment, config, plan, device)):
+                y, t = plan.band_ys[k], plan.tile
+                queue.extend(
+                    (y, int(x), band[:, :, x - plan.c0 : x - plan.c0 + t]) for x in plan.band_xs[k]
+                )
+                while len(queue) >= batch_size:
+                    _run_batch(forward, acc, [queue.popleft() for _ in range(batch_size)], bar)
+                # the band is overwritten in place by the next one: detach the few pending tiles
+                queue = deque((ty, tx, tile.clone()) for ty, tx, tile in queue)
+                following = plan.band_ys[k + 1] if k + 1 < len(plan.band_ys) else fragment.shape[0]
+                frontier = min(following, queue[0][0]) if queue else following
+                writer.put(*acc.flush(frontier))
+            if queue:
+                _run_batch(forward, acc, list(queue), bar)
+            writer.put(*acc.flush(fragment.shape[0] + plan.tile))
+            writer.close()
     finally:
         bar.close()
         model.train(was_training)
@@ -123,7 +146,10 @@ def predict_fragment(
 
 
 def _batch_predictor(model, config: Config, stats: torch.Tensor, device: torch.device):
-    """uint16 (B, C, T, T) numpy -> probabilities float32 (B, T, T) numpy, TTA included."""
+    """int16 (B, C, T, T) tiles (uint16 bits) -> probabilities float32 (B, T, T), TTA included.
+
+    Both on `device`, with `stats` (2,) there already: nothing here waits for the device.
+    """
     names = check_tta(config.infer.tta)
     cuda = device.type == "cuda"
     amp = _AMP.get(config.infer.amp) if cuda else None
@@ -132,38 +158,43 @@ def _batch_predictor(model, config: Config, stats: torch.Tensor, device: torch.d
         out = model(x.contiguous(memory_format=torch.channels_last) if cuda else x)
         return getattr(out, "logits", out)
 
-    def predict(tiles: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(tiles).to(device, non_blocking=cuda)
-        x = normalize(batch, stats.expand(len(tiles), 2), config.data)
+    def predict(tiles: torch.Tensor) -> torch.Tensor:
+        x = normalize(tiles.view(torch.uint16), stats.expand(len(tiles), 2), config.data)
         autocast = (
             torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast:
+        with autocast:
             prob = tta_probabilities(logits, x, names)
-        return prob[:, 0].float().cpu().numpy()
+        return prob[:, 0].float()
 
     return predict
 
 
 def _run_batch(forward, acc: _RowAccumulator, items: list, bar: tqdm) -> None:
-    probs = forward(np.stack([tile for _, _, tile in items]))
+    probs = forward(torch.stack([tile for _, _, tile in items]))
     for (y, x, _), prob in zip(items, probs, strict=True):
         acc.add(prob, y, x)
     bar.update(len(items))
 
 
-def _bands(fragment: Fragment, config: Config, plan: TilePlan):
-    """Yield uint16 (C, T, c1 - c0) for each tile row, reading the next one in the background.
+def _bands(fragment: Fragment, config: Config, plan: TilePlan, device: torch.device):
+    """Yield int16 (C, T, c1 - c0) on `device` (uint16 bits) for each tile row in turn.
 
-    Rows shared with the previous band are reused, not re-read: with stride T/2 that halves IO.
-    The yielded array is overwritten by the next band (the caller copies what it keeps).
+    Rows shared with the previous band are kept, not re-read nor re-sent: with stride T/2 that
+    halves IO; each pixel row is read, and on CUDA sent to the device, once. The next band's new
+    rows are read (and on CUDA pinned) by a background thread, then copied without blocking.
+    The yielded tensor is overwritten by the next band (the caller copies what it keeps).
     """
     tile, width = plan.tile, plan.c1 - plan.c0
+    cuda = device.type == "cuda"
 
-    def read(y0: int, y1: int) -> np.ndarray:
-        return read_window(fragment, config.data, y0, plan.c0, y1 - y0, width)
+    def read(y0: int, y1: int) -> torch.Tensor:
+        # int16: the same bits, and a dtype every device op (copy, stack, clone) supports
+        rows = torch.from_numpy(read_window(fragment, config.data, y0, plan.c0, y1 - y0, width))
+        rows = rows.view(torch.int16)
+        return rows.pin_memory() if cuda else rows
 
-    # band k needs rows y_k..y_k+T; of those, rows already in band k-1 are copied, not read
+    # band k needs rows y_k..y_k+T; of those, rows already in band k-1 are kept, not read
     spans, prev_end = [], None
     for y in plan.band_ys:
         start = y if prev_end is None or prev_end <= y else prev_end
@@ -178,53 +209,102 @@ def _bands(fragment: Fragment, config: Config, plan: TilePlan):
                 pending = pool.submit(read, *spans[k + 1])
             if band is not None and spans[k][0] > y:
                 # shift the shared rows up in place and append the new ones: one band buffer
-                keep = tile - len(fresh[0])
-                band[:, :keep] = band[:, y - prev_y :]
-                band[:, keep:] = fresh
+                keep = tile - fresh.shape[1]
+                band[:, :keep] = band[:, y - prev_y :].clone()  # the two ranges overlap
+                band[:, keep:].copy_(fresh, non_blocking=cuda)
             else:
-                band = fresh
+                band = fresh.to(device, non_blocking=cuda)
             del fresh
             yield band
             prev_y = y
 
 
 class _RowAccumulator:
-    """Weighted sums and weights for fragment rows top..top+len, columns c0..c0+width."""
+    """Weighted sums and weights for fragment rows top..top+len, columns c0..c0+width.
 
-    def __init__(self, c0: int, width: int, window: np.ndarray):
+    float32 tensors on the window's device; tiles are added with kit.tiles.add_tile (which
+    takes NumPy arrays and tensors alike).
+    """
+
+    def __init__(self, c0: int, width: int, window: torch.Tensor):
         self.c0, self.width, self.window = c0, width, window
         self.top = 0
-        self.sums = np.zeros((0, width), np.float32)
-        self.weights = np.zeros((0, width), np.float32)
+        self.sums = window.new_zeros((0, width))
+        self.weights = window.new_zeros((0, width))
 
-    def add(self, prob: np.ndarray, y: int, x: int) -> None:
+    def add(self, prob: torch.Tensor, y: int, x: int) -> None:
         if len(self.sums) == 0:
             self.top = y
         need = y + len(prob) - self.top
         if need > len(self.sums):  # grow by at least a tile so growth is rare
             extra = max(need - len(self.sums), len(prob))
-            pad = np.zeros((extra, self.width), np.float32)
-            self.sums = np.concatenate([self.sums, pad])
-            self.weights = np.concatenate([self.weights, pad])
-        add_tile(self.sums, self.weights, prob, self.window, y - self.top, x - self.c0)
+            pad = self.window.new_zeros((extra, self.width))
+            self.sums = torch.cat([self.sums, pad])
+            self.weights = torch.cat([self.weights, pad])
+        arrays = (self.sums, self.weights, prob, self.window)
+        if prob.device.type == "cpu":  # NumPy's small slice ops cost a third of torch's there
+            arrays = tuple(a.numpy() for a in arrays)
+        add_tile(*arrays, y - self.top, x - self.c0)
 
-    def flush(self, upto: int) -> tuple[int, np.ndarray]:
-        """Finished rows top..min(upto, end) as (first row, float32 (n, width)), then drop them."""
+    def flush(self, upto: int) -> tuple[int, torch.Tensor]:
+        """Finished rows top..min(upto, end) as (first row, uint8 (n, width)), then drop them."""
         n = max(0, min(upto - self.top, len(self.sums)))
-        done = finish(self.sums[:n], self.weights[:n])
+        done = finish_uint8(self.sums[:n], self.weights[:n])
         first = self.top
         self.sums, self.weights = self.sums[n:], self.weights[n:]
         self.top += n
         return first, done
 
 
-def _write_rows(out: np.ndarray, mask: np.ndarray, plan: TilePlan, rows) -> None:
-    """Write finished probability rows into `out`, keeping only plan.rows and the mask."""
-    first, prob = rows
-    height, width = out.shape
-    a, b = max(first, plan.rows[0]), min(first + len(prob), plan.rows[1], height)
-    if a >= b:
-        return
-    c1 = min(plan.c1, width)
-    values = to_uint8(prob[a - first : b - first, : c1 - plan.c0])
-    out[a:b, plan.c0 : c1] = values * mask[a:b, plan.c0 : c1]
+def finish_uint8(sums: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """kit.tiles.finish then kit.tiles.to_uint8 on tensors, on their device: uint8, same shape.
+
+    The same float32 operations (IEEE division, ×255, round half to even), so bit for bit what
+    the NumPy pair gives; 0 where no tile contributed.
+    """
+    prob = torch.where(weights > 0, sums / weights, 0.0)
+    return prob.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class _RowWriter:
+    """Finished uint8 rows into `out`, inside plan.rows and the mask only.
+
+    From CUDA the rows come back through pinned memory without blocking and are written once
+    their copy is done: at a later put() (at most two bands behind) or at close().
+    """
+
+    def __init__(self, out: np.ndarray, mask: np.ndarray, plan: TilePlan):
+        self.out, self.mask, self.plan = out, mask, plan
+        self.pending: deque[tuple[int, torch.Tensor, torch.cuda.Event]] = deque()
+
+    def put(self, first: int, rows: torch.Tensor) -> None:
+        if rows.device.type != "cuda":
+            self._write(first, rows.numpy())
+            return
+        host = torch.empty(rows.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(rows, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self.pending.append((first, host, done))
+        while self.pending and (len(self.pending) > 2 or self.pending[0][2].query()):
+            self._write_oldest()
+
+    def close(self) -> None:
+        while self.pending:
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        first, host, done = self.pending.popleft()
+        done.synchronize()
+        self._write(first, host.numpy())
+
+    def _write(self, first: int, values: np.ndarray) -> None:
+        plan, out = self.plan, self.out
+        height, width = out.shape
+        a, b = max(first, plan.rows[0]), min(first + len(values), plan.rows[1], height)
+        if a >= b:
+            return
+        c1 = min(plan.c1, width)
+        out[a:b, plan.c0 : c1] = (
+            values[a - first : b - first, : c1 - plan.c0] * self.mask[a:b, plan.c0 : c1]
+        )

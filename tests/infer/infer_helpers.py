@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from kit.config import Config
+from kit.data.preprocess import fragment_stats, normalize, read_window
+from kit.tiles import stitch_tiles, tile_positions, to_uint8, window_weights
 
 
 def write_fragment(
@@ -52,6 +54,27 @@ def small_config(**infer) -> Config:
     for key, value in infer.items():
         setattr(config.infer, key, value)
     return config
+
+
+def naive_predict(model, config, fragment, rows=None) -> np.ndarray:
+    """Every tile read alone (no TTA), stitched in memory, no skipping: the reference."""
+    h, w = fragment.shape
+    t = config.data.tile
+    pos = tile_positions((h, w), t, config.infer.stride or config.data.stride, rows=rows)
+    stats = fragment_stats(fragment, config.data).as_tensor()[None]
+    tiles = []
+    for y, x in pos:
+        raw = torch.from_numpy(read_window(fragment, config.data, int(y), int(x), t, t))[None]
+        with torch.inference_mode():
+            tiles.append(torch.sigmoid(model(normalize(raw, stats, config.data)).logits)[0, 0])
+    prob = stitch_tiles(
+        torch.stack(tiles).numpy(), pos, (h, w), window_weights(t, config.infer.window)
+    )
+    out = to_uint8(prob) * fragment.mask()
+    if rows is not None:
+        out[: rows[0]] = 0
+        out[rows[1] :] = 0
+    return out
 
 
 class Out:

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from infer_helpers import ConvModel, IdentityModel, small_config, write_fragment
+from infer_helpers import ConvModel, IdentityModel, naive_predict, small_config, write_fragment
 
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize, read_window
 from kit.infer import stitch
 from kit.infer.stitch import plan_tiles, predict_fragment
-from kit.tiles import stitch_tiles, tile_positions, to_uint8, window_weights
+from kit.tiles import tile_positions, to_uint8
 
 
 def _normalized(fragment, config) -> np.ndarray:
@@ -18,25 +18,6 @@ def _normalized(fragment, config) -> np.ndarray:
     raw = torch.from_numpy(read_window(fragment, config.data, 0, 0, h, w))[None]
     stats = fragment_stats(fragment, config.data).as_tensor()[None]
     return normalize(raw, stats, config.data)[0].numpy()
-
-
-def _naive(model, config, fragment, rows=None) -> np.ndarray:
-    """Every tile read alone, stitched in memory, no skipping: the reference."""
-    h, w = fragment.shape
-    t = config.data.tile
-    pos = tile_positions((h, w), t, config.infer.stride or config.data.stride, rows=rows)
-    stats = fragment_stats(fragment, config.data).as_tensor()[None]
-    tiles = []
-    for y, x in pos:
-        raw = torch.from_numpy(read_window(fragment, config.data, int(y), int(x), t, t))[None]
-        with torch.inference_mode():
-            tiles.append(torch.sigmoid(model(normalize(raw, stats, config.data)).logits)[0, 0])
-    prob = stitch_tiles(torch.stack(tiles).numpy(), pos, (h, w), window_weights(t, "gaussian"))
-    out = to_uint8(prob) * fragment.mask()
-    if rows is not None:
-        out[: rows[0]] = 0
-        out[rows[1] :] = 0
-    return out
 
 
 @pytest.mark.parametrize("tta", [["identity"], ["hflip", "vflip", "rot90", "rot180", "rot270"]])
@@ -58,7 +39,7 @@ def test_streaming_equals_naive_stitch(fragment_dir, batch_size, rows):
     config = small_config(batch_size=batch_size)
     model = ConvModel()
     out = predict_fragment(model, config, fragment, rows=rows, progress=False)
-    ref = _naive(model, config, fragment, rows)
+    ref = naive_predict(model, config, fragment, rows)
     assert np.abs(out.astype(int) - ref).max() <= 1
     assert (out != ref).mean() < 0.01
     assert out[~fragment.mask()].max() == 0
