@@ -1,18 +1,20 @@
 """Tiling, written once: tile positions, mask coverage, window weights, weighted accumulation.
 
 Used by training (tile sampling, validation) and by inference (`kit.infer.stitch`) alike.
-All functions are pure NumPy; positions are (y, x) of a tile's top-left corner in fragment pixels.
+Positions are (y, x) of a tile's top-left corner in fragment pixels. All but the last work on
+NumPy arrays (add_tile on torch tensors too); the stitcher accumulates on the model's device.
 
     tile_positions(shape, tile, stride, rows=...)  -> int64 (N, 2), row-major order
     mask_fractions(mask, positions, tile)          -> float64 (N,) papyrus share of each tile
     window_weights(tile, kind)                     -> float32 (tile, tile), strictly positive
     add_tile(sums, weights, pred, window, y, x)    accumulate one tile (clipped to the arrays)
-    finish(sums, weights)                          -> float32 weighted mean, 0 where uncovered
+    finish_uint8(sums, weights)                    -> uint8 weighted mean × 255, 0 where uncovered
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 WINDOWS = ("gaussian", "hann", "flat")
 
@@ -108,24 +110,8 @@ def add_tile(
     weights[ys:ye, xs:xe] += w
 
 
-def finish(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted mean, float32; 0 where no tile contributed."""
-    out = np.zeros(sums.shape, dtype=np.float32)
-    np.divide(sums, weights, out=out, where=weights > 0)
-    return out
-
-
-def stitch_tiles(
-    preds: np.ndarray, positions: np.ndarray, shape: tuple[int, int], window: np.ndarray
-) -> np.ndarray:
-    """In-memory stitch of tiles (N, t, t) at `positions` into float32 `shape` (small maps only)."""
-    sums = np.zeros(shape, dtype=np.float32)
-    weights = np.zeros(shape, dtype=np.float32)
-    for pred, (y, x) in zip(preds, positions, strict=True):
-        add_tile(sums, weights, pred, window, int(y), int(x))
-    return finish(sums, weights)
-
-
-def to_uint8(prob: np.ndarray) -> np.ndarray:
-    """Probability 0..1 -> uint8 0..255, rounded (the prediction file format)."""
-    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+def finish_uint8(sums: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The weighted mean in the prediction file format: uint8 round(p × 255) (half to even), 0
+    where no tile contributed; float32 operations on the tensors' own device."""
+    prob = torch.where(weights > 0, sums / weights, 0.0)
+    return prob.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)

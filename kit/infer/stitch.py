@@ -34,7 +34,7 @@ from kit.config import Config
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize, read_window
 from kit.infer.tta import check_tta, tta_probabilities
-from kit.tiles import add_tile, mask_fractions, tile_positions, window_weights
+from kit.tiles import add_tile, finish_uint8, mask_fractions, tile_positions, window_weights
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -254,16 +254,6 @@ class _RowAccumulator:
         self.sums, self.weights = self.sums[n:], self.weights[n:]
         self.top += n
         return first, done
-
-
-def finish_uint8(sums: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """kit.tiles.finish then kit.tiles.to_uint8 on tensors, on their device: uint8, same shape.
-
-    The same float32 operations (IEEE division, ×255, round half to even), so bit for bit what
-    the NumPy pair gives; 0 where no tile contributed.
-    """
-    prob = torch.where(weights > 0, sums / weights, 0.0)
-    return prob.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class _RowWriter:

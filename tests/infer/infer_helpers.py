@@ -12,7 +12,12 @@ from torch import nn
 
 from kit.config import Config
 from kit.data.preprocess import fragment_stats, normalize, read_window
-from kit.tiles import stitch_tiles, tile_positions, to_uint8, window_weights
+from kit.tiles import add_tile, tile_positions, window_weights
+
+
+def to_uint8(prob: np.ndarray) -> np.ndarray:
+    """Reference of the prediction file format: float32 probability -> round(p × 255), uint8."""
+    return np.clip(np.rint(prob * np.float32(255)), 0, 255).astype(np.uint8)
 
 
 def write_fragment(
@@ -67,9 +72,11 @@ def naive_predict(model, config, fragment, rows=None) -> np.ndarray:
         raw = torch.from_numpy(read_window(fragment, config.data, int(y), int(x), t, t))[None]
         with torch.inference_mode():
             tiles.append(torch.sigmoid(model(normalize(raw, stats, config.data)).logits)[0, 0])
-    prob = stitch_tiles(
-        torch.stack(tiles).numpy(), pos, (h, w), window_weights(t, config.infer.window)
-    )
+    window = window_weights(t, config.infer.window)
+    sums, weights = np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
+    for tile, (y, x) in zip(torch.stack(tiles).numpy(), pos, strict=True):
+        add_tile(sums, weights, tile, window, int(y), int(x))
+    prob = np.divide(sums, weights, out=np.zeros_like(sums), where=weights > 0)
     out = to_uint8(prob) * fragment.mask()
     if rows is not None:
         out[: rows[0]] = 0

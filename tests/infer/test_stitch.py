@@ -3,13 +3,20 @@
 import numpy as np
 import pytest
 import torch
-from infer_helpers import ConvModel, IdentityModel, naive_predict, small_config, write_fragment
+from infer_helpers import (
+    ConvModel,
+    IdentityModel,
+    naive_predict,
+    small_config,
+    to_uint8,
+    write_fragment,
+)
 
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize, read_window
 from kit.infer import stitch
 from kit.infer.stitch import plan_tiles, predict_fragment
-from kit.tiles import tile_positions, to_uint8
+from kit.tiles import tile_positions
 
 
 def _normalized(fragment, config) -> np.ndarray:
