@@ -17,6 +17,7 @@ row and column, s = 1 on small fragments, ~5 on fragment 2), ample for a handful
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,12 +60,18 @@ def weight_grid(n_members: int) -> tuple[float, np.ndarray]:
     sums to 1) at the finest step with at most MAX_CANDIDATES points."""
     for step in (0.05, 0.1, 0.125, 0.2, 0.25, 0.5, 1.0):
         n = round(1 / step)
-        points = [c for c in itertools.product(range(n + 1), repeat=n_members) if sum(c) == n]
-        if len(points) <= MAX_CANDIDATES:
-            grid = np.array(points, dtype=np.float64) / n
-            equal = np.full((1, n_members), 1 / n_members)
-            return step, np.concatenate([equal, grid[~np.all(np.isclose(grid, equal), axis=1)]])
-    raise AssertionError("unreachable: step 1.0 has n_members points")
+        if math.comb(n + n_members - 1, n_members - 1) <= MAX_CANDIDATES:
+            break
+    grid = np.array(list(_compositions(n, n_members)), dtype=np.float64) / n
+    equal = np.full((1, n_members), 1 / n_members)
+    return step, np.concatenate([equal, grid[~np.all(np.isclose(grid, equal), axis=1)]])
+
+
+def _compositions(n: int, parts: int):
+    """Every tuple of `parts` non-negative ints summing to n (stars and bars)."""
+    for bars in itertools.combinations(range(n + parts - 1), parts - 1):
+        edges = (-1, *bars, n + parts - 1)
+        yield tuple(b - a - 1 for a, b in itertools.pairwise(edges))
 
 
 def search_weights(runs: list[OOFRun]) -> WeightSearch:

@@ -43,8 +43,10 @@ def test_weight_grid_covers_the_simplex_with_equal_weights_first():
         np.testing.assert_allclose(grid.sum(axis=1), 1.0)
         assert len(np.unique(grid.round(9), axis=0)) == len(grid)
         assert all(np.isclose(grid[:, i], 1.0).any() for i in range(n))  # each member alone
-    step, grid = weight_grid(5)
-    assert step > 0.05 and len(grid) <= 300
+    for n in (5, 12):  # coarser steps, never an enumeration of the whole cube
+        step, grid = weight_grid(n)
+        assert step > 0.05 and len(grid) <= 300
+        np.testing.assert_allclose(grid.sum(axis=1), 1.0)
 
 
 def _held_out(data, paths, member, fold):
