@@ -164,6 +164,13 @@ def describe_weights(weights: dict) -> str:
 
 def _held_out_samples(runs: list[OOFRun]) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray]]:
     """fold -> ({member: uint8 samples (N,)}, ink bool (N,)) over its held-out papyrus pixels."""
+    for fold in {r.fold for r in runs}:
+        names = [r.member for r in runs if r.fold == fold]
+        if len(set(names)) < len(names):
+            raise KitError(
+                f"weight tuning weighs members, but fold {fold} has several runs of one member "
+                f"({sorted(names)}): pass one run per member and fold"
+            )
     parts: dict[int, tuple[dict[str, list], list]] = {}
     for fold, fragment, scored, maps, _ in fold_maps(runs):
         s = max(1, int(np.sqrt(scored.sum() / SAMPLES_PER_FRAGMENT)))

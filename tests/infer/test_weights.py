@@ -154,3 +154,11 @@ def test_tuning_needs_two_members_in_every_fold(runs, capsys):
     lopsided = [*one_member, str(next(p for p in paths if p.parent.name == "poor"))]
     assert main(["evaluate", "--no-progress", "--tune-weights", "--runs", *lopsided]) == 2
     assert "every member in every fold" in capsys.readouterr().err
+
+
+def test_tuning_needs_one_run_per_member_and_fold(runs, tmp_path, capsys):
+    _, data, paths = runs
+    twin = write_oof_run(tmp_path, "good", 0, FOLDS[0], data, seed=99, noise=0.2)
+    argv = ["evaluate", "--no-progress", "--tune-weights", "--runs", *map(str, paths), str(twin)]
+    assert main(argv) == 2
+    assert "one run per member and fold" in capsys.readouterr().err
