@@ -457,7 +457,9 @@ def section_infer(args) -> dict:
     torch.manual_seed(0)
     model = build_model(config).eval().to(device)
     if cuda:  # as kit.infer.ensemble.load_members does
-        model = model.to(memory_format=torch.channels_last)
+        from kit.infer.stitch import to_channels_last
+
+        to_channels_last(model)
     r = {"fragment": [h, w, slices], "tile": config.data.tile,
          "stride": config.infer.stride or config.data.stride,
          "batch": config.infer.batch_size, "amp": config.infer.amp if cuda else "off (cpu)",
@@ -549,8 +551,7 @@ def section_consistency(args) -> dict:
         maps = {}
         for name, dev, amp, tf32 in (("cpu", "cpu", "off", True),
                                      *((n, device, a, t) for n, a, t in variants)):  # fmt: skip
-            # what `kit predict` runs: load_members (channels_last on CUDA), predict_ensemble;
-            # 'off' quoted: a bare off is YAML False
+            # what `kit predict` runs: load_members (channels_last on CUDA), predict_ensemble
             members = load_members(resolve_members([str(path)]), device=str(dev),
                                    overrides=[f"infer.amp='{amp}'"])  # fmt: skip
             torch.backends.cudnn.allow_tf32 = cudnn_tf32 and tf32
