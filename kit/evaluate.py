@@ -223,7 +223,11 @@ def _read_oof(run: OOFRun, fragment: Fragment) -> np.ndarray:
 
 def histograms(prob: np.ndarray, labels: np.ndarray, scored: np.ndarray) -> Scores:
     """Scores of uint8 prob vs labels (H, W) over the `scored` pixels."""
-    levels, ink = prob[scored], labels[scored] > 0
+    return level_scores(prob[scored], labels[scored] > 0)
+
+
+def level_scores(levels: np.ndarray, ink: np.ndarray) -> Scores:
+    """Scores of uint8 levels (N,) vs bool ink (N,)."""
     return Scores(np.bincount(levels[ink], minlength=256), np.bincount(levels[~ink], minlength=256))
 
 

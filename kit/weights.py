@@ -25,7 +25,7 @@ import numpy as np
 
 from kit.config import Config
 from kit.errors import KitError
-from kit.evaluate import LEVELS, OOFRun, Scores, fold_maps, member_name
+from kit.evaluate import LEVELS, OOFRun, Scores, fold_maps, level_scores, member_name
 from kit.infer.ensemble import Member, mean_maps
 from kit.metrics import BETA
 
@@ -84,7 +84,7 @@ def search_weights(runs: list[OOFRun]) -> WeightSearch:
     # scores[k][fold]: histograms of candidate k's ensemble over the fold's held-out samples
     scores = [
         {
-            fold: _histograms(mean_maps([maps[m] for m in members], list(w)), ink)
+            fold: level_scores(mean_maps([maps[m] for m in members], list(w)), ink)
             for fold, (maps, ink) in samples.items()
         }
         for w in grid
@@ -193,10 +193,6 @@ def _held_out_samples(runs: list[OOFRun]) -> dict[int, tuple[dict[str, np.ndarra
         fold: ({n: np.concatenate(v) for n, v in m.items()}, np.concatenate(ink))
         for fold, (m, ink) in sorted(parts.items())
     }
-
-
-def _histograms(prob: np.ndarray, ink: np.ndarray) -> Scores:
-    return Scores(np.bincount(prob[ink], minlength=256), np.bincount(prob[~ink], minlength=256))
 
 
 def _pooled(by_fold: dict[int, Scores], folds: list[int]) -> Scores:
