@@ -32,12 +32,16 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict:
+    """The checkpoint dict; `mmap=True` maps the tensors instead of reading them (for a look
+    at its config without reading a SAM's hundreds of MB)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint {path} could not be read ({exc}); is it complete?"

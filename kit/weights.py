@@ -142,7 +142,7 @@ def _checkpoint_config(checkpoint: Path) -> Config:
     run_config = checkpoint.parent.parent / "config.yaml"
     if checkpoint.parent.name == "checkpoints" and run_config.is_file():
         return load_config(str(run_config))
-    return checkpoint_config(load_checkpoint(checkpoint), checkpoint)
+    return checkpoint_config(load_checkpoint(checkpoint, mmap=True), checkpoint)
 
 
 def describe_weights(weights: dict) -> str:

@@ -58,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     _import_kit(args.kit)
     from kit.cli import main as kit_main
     from kit.evaluate import read_json
-    from kit.infer.ensemble import parse_spec
+    from kit.infer.ensemble import explicit_weights
 
     evaluation = _find_evaluation(args.runs)
     predict = ["predict", "--data", args.data, "--runs", *args.runs, "--out", args.work]
-    explicit = any(parse_spec(r)[1] is not None for r in args.runs)
-    if evaluation is not None and "weights" in read_json(evaluation) and not explicit:
+    if (
+        evaluation is not None
+        and "weights" in read_json(evaluation)
+        and not explicit_weights(args.runs)
+    ):
         predict += ["--evaluation", str(evaluation)]
     if args.tta:
         predict += ["--set", f"infer.tta=[{args.tta}]"]

@@ -39,14 +39,14 @@ def run(args: argparse.Namespace) -> int:
 
     from kit.errors import KitError
     from kit.evaluate import draw_pictures, evaluate_runs, format_table, load_oof_run
-    from kit.infer.ensemble import parse_spec
+    from kit.infer.ensemble import explicit_weights, parse_spec
     from kit.io import atomic_path
     from kit.weights import describe_weights, search_weights
 
     runs = [load_oof_run(spec, args.data) for spec in args.runs]
     search = None
     if args.tune_weights:
-        if any(parse_spec(s)[1] is not None for s in args.runs):
+        if explicit_weights(args.runs):
             raise KitError("--tune-weights chooses the weights: drop the :W of the --runs entries")
         search = search_weights(runs)
         for r in runs:

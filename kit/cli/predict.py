@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
     members = resolve_members(args.runs, args.weights)
     if args.evaluation is not None:
         from kit.errors import KitError
-        from kit.infer.ensemble import parse_spec
+        from kit.infer.ensemble import explicit_weights
         from kit.weights import weigh_by_evaluation
 
-        if args.weights is not None or any(parse_spec(s)[1] is not None for s in args.runs):
+        if args.weights is not None or explicit_weights(args.runs):
             raise KitError("give the weights with --weights, RUN:W or --evaluation, not several")
         members = weigh_by_evaluation(members, Path(args.evaluation))
     fragments = [Fragment(p) for p in fragment_dirs(Path(args.data))]  # checks masks up front

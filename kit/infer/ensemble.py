@@ -50,6 +50,11 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
     return spec, None
 
 
+def explicit_weights(specs: list[str]) -> bool:
+    """True when any spec carries its own weight (`PATH:W`)."""
+    return any(parse_spec(s)[1] is not None for s in specs)
+
+
 def resolve_members(specs: list[str], weights: list[float] | None = None) -> list[Member]:
     """Checkpoints named by `specs`, with weights from `PATH:W`, `weights`, or 1.
 
