@@ -18,14 +18,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--scale", type=float, default=1 / 16,
         help="size relative to the real fragments (default 1/16: fragment 1 is 511×396)",
     )  # fmt: skip
+    p.add_argument(
+        "--variant", default="demo",
+        help="a named style (demo, shallow, bold, noisy, reversed, deep, light-ink) or 'random' "
+             "(drawn from --seed); default demo",
+    )  # fmt: skip
+    p.add_argument(
+        "--style", dest="style", action="append", default=[], metavar="FIELD=VALUE",
+        help="override one style field after --variant, e.g. --style surface_mean=40 "
+             "--style reverse=true (repeatable; fields in kit/data/demo.py DemoStyle)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    from kit.data.demo import make_demo_data
+    import yaml
+
+    from kit.data.demo import make_demo_data, style_from
     from kit.errors import KitError
 
     if not 0 < args.scale <= 1:
         raise KitError(f"--scale must be in (0, 1], got {args.scale}")
-    out = make_demo_data(args.out, seed=args.seed, scale=args.scale, progress=True)
-    print(f"demo data written to {out}")
+    overrides = {}
+    for item in args.style:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise KitError(f"--style {item!r} must look like field=value, e.g. surface_mean=40")
+        overrides[key.strip()] = yaml.safe_load(value)
+    style = style_from(args.variant, overrides, seed=args.seed)
+    out = make_demo_data(args.out, seed=args.seed, scale=args.scale, style=style, progress=True)
+    print(f"demo data ({args.variant}) written to {out}")
     return 0

@@ -7,13 +7,20 @@
     OUT/solution.csv            the test fragments' true labels (Id,Predicted,height,width)
 
 Geometry is the real fragments' × `scale` (default 1/16). Each fragment is a papyrus sheet whose
-front surface sits at a depth `surf(y, x)` that wanders smoothly between slices 29 and 35. The
-sheet is bright in the X-ray (a dense band ~12 slices thick behind the surface) with horizontal
-fibres in its front half and vertical fibres in its back half. Ink is a thin layer of slightly
-denser material a few slices behind the surface (peak 2.5 slices deep, σ 1.2 slices, so within
-slices ~30..40) that also smooths the front fibres. In any one slice the ink shift is below the noise; it becomes visible only by
-pooling over depth *and* over the stroke's area, which a spatial model does and a per-pixel
-model cannot. The infrared photograph shows the ink plainly (dark strokes on light papyrus).
+front surface sits at a depth `surf(y, x)` that wanders smoothly around a mean depth. The sheet is
+bright in the X-ray (a dense band ~12 slices thick behind the surface) with horizontal fibres in
+its front half and vertical fibres in its back half. Ink is a thin layer of slightly denser (or,
+in some variants, lighter) material a few slices behind the surface that also smooths the front
+fibres. In any one slice the ink shift is about the noise; it becomes visible only by pooling over
+depth *and* over the stroke's area, which a spatial model does and a per-pixel model cannot. The
+infrared photograph shows the ink plainly (dark strokes on light papyrus).
+
+What real scans vary, the generator varies too (`DemoStyle`): the surface's mean depth and how
+far it wanders, the layer order (`reverse`: file 00 is the deepest slice), ink contrast and sign,
+ink depth, stroke width and letter size, noise and fibre texture, the outline's raggedness.
+`VARIANTS` names a few styles; `random_style(seed)` draws one. The default style ("demo") is the
+dataset the kit was first built on: the kit's defaults must not depend on any one style, and
+`bench/generalise.py` keeps a list of held-out variants that no default is tuned on.
 
 Test fragments a (top) and b (bottom) are one more synthetic fragment with fragment 1's
 geometry cut in two, as in the real public test set; their labels go to solution.csv only.
@@ -22,8 +29,9 @@ geometry cut in two, as in the real public test set; their labels go to solution
 from __future__ import annotations
 
 import csv
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -31,28 +39,100 @@ import numpy as np
 import tifffile
 
 from kit import rle
+from kit.errors import KitError
 
 N_SLICES = 65
 DEFAULT_SCALE = 1 / 16
 # Real (H, W) of the competition fragments; test a on top of b has fragment 1's geometry.
 REAL_SHAPES = {"1": (8181, 6330), "2": (14830, 9506), "3": (7606, 5249)}
 TEST_SPLIT = {"a": (0, 2727), "b": (2727, 8181)}  # rows of the real fragment 1 geometry
-SURFACE_RANGE = (29.0, 35.0)  # front-surface depth range (slices); ink sits 0..3 slices behind
+BACKGROUND, PAPYRUS = 9000.0, 22000.0  # uint16 counts: air, and the dense sheet
 
-# Intensities in uint16 counts. The ink peak (INK_DENSITY) is ~1.1 of the per-voxel noise
-# (NOISE plus fibre texture): about 1 in any single slice and pixel, clear over a stroke's area
-# and its ~3 slices. Measured at the default scale (fold 0 = fragment 1 held out): best
-# single-slice per-pixel threshold F0.5 ~0.38, per-pixel logistic regression ~0.43 (pooled OOF
-# ~0.40), the cpu-demo U-Net ~0.9 in about a minute on 2 CPU cores (see docs/data.md).
-# (0.85 of the noise, the first setting, left the 1-minute CPU demo models at ~0.5 or nothing.)
-BACKGROUND, PAPYRUS = 9000.0, 22000.0
-FIBRE_CONTRAST = 0.015
-NOISE = 2600.0
-INK_DENSITY = 2900.0
-INK_SMOOTHING = 0.5  # fraction of the front-fibre contrast that ink hides
-SHEET_THICKNESS = 12.0
-INK_DEPTH, INK_WIDTH = 2.5, 1.2  # slices behind the surface: where the sheet is flat
-PEN_WIDTH = (3.0, 7.0)  # stroke width range in pixels at the default scale
+
+@dataclass(frozen=True)
+class DemoStyle:
+    """What one synthetic dataset looks like. Lengths are pixels at the default scale, depths
+    slices; intensities uint16 counts. The defaults are the original demo's: there the ink peak
+    (2900) is ~1.1 of the per-voxel noise (2600 plus fibre texture), so the best single-slice
+    per-pixel threshold scores F0.5 ~0.38 and a small U-Net ~0.9 (see docs/data.md)."""
+
+    surface_mean: float = 32.0  # mean front-surface depth (slice, in scan order)
+    surface_wander: float = 3.0  # the surface wanders within mean ± this
+    surface_length: float = 140.0  # correlation length of the wandering
+    reverse: bool = False  # files in reversed order: 00 is the deepest slice
+    ink_density: float = 2900.0  # ink peak over the papyrus; < 0: ink lighter than papyrus
+    ink_depth: float = 2.5  # ink layer's centre, slices behind the surface
+    ink_width: float = 1.2  # its σ in slices
+    ink_smoothing: float = 0.5  # fraction of the front-fibre contrast that ink hides
+    noise: float = 2600.0  # per-voxel Gaussian noise σ
+    fibre_contrast: float = 0.015  # fibre texture, relative to the papyrus density
+    sheet_thickness: float = 12.0
+    pen_width: tuple[float, float] = (3.0, 7.0)  # stroke width range
+    glyph_height: float = 24.0  # letter size
+    line_gap: float = 46.0  # baseline to baseline
+    raggedness: float = 0.08  # outline irregularity (0 = a clean rounded rectangle)
+
+
+# Named styles. "demo" is the default; bench/generalise.py holds some out of all tuning.
+VARIANTS: dict[str, DemoStyle] = {
+    "demo": DemoStyle(),
+    "shallow": DemoStyle(surface_mean=22, surface_wander=5, ink_depth=3.5, pen_width=(2, 5),
+                         glyph_height=18, line_gap=36),
+    "bold": DemoStyle(surface_mean=36, surface_wander=4, ink_density=3300, noise=3200,
+                      pen_width=(6, 11), glyph_height=34, line_gap=60),
+    "noisy": DemoStyle(surface_mean=28, surface_wander=6, surface_length=80, noise=3300,
+                       fibre_contrast=0.03, ink_density=3100, reverse=True),
+    "reversed": DemoStyle(surface_mean=30, surface_wander=5, reverse=True, ink_depth=2.0,
+                          noise=2800, pen_width=(3, 8), glyph_height=28, line_gap=52),
+    "deep": DemoStyle(surface_mean=42, surface_wander=6, ink_depth=3.0, ink_width=1.5,
+                      pen_width=(2, 6), glyph_height=22, line_gap=42),
+    "light-ink": DemoStyle(surface_mean=33, surface_wander=4, ink_density=-2700,
+                           ink_smoothing=0.8, fibre_contrast=0.025, pen_width=(4, 9),
+                           glyph_height=30, line_gap=56, raggedness=0.14),
+}  # fmt: skip
+
+
+def random_style(seed: int) -> DemoStyle:
+    """A style drawn from the ranges the named variants span (same seed, same style)."""
+    rng = np.random.default_rng([seed, 7919])
+    pen_lo = float(rng.uniform(2, 6))
+    glyph = float(rng.uniform(18, 34))
+    return DemoStyle(
+        surface_mean=float(rng.uniform(20, 44)),
+        surface_wander=float(rng.uniform(2, 6)),
+        surface_length=float(rng.uniform(80, 180)),
+        reverse=bool(rng.random() < 0.5),
+        ink_density=float(rng.uniform(2700, 3400) * rng.choice([-1, 1])),
+        ink_depth=float(rng.uniform(1.5, 3.5)),
+        ink_width=float(rng.uniform(1.0, 1.6)),
+        ink_smoothing=float(rng.uniform(0.3, 0.8)),
+        noise=float(rng.uniform(2400, 3300)),
+        fibre_contrast=float(rng.uniform(0.01, 0.03)),
+        pen_width=(pen_lo, pen_lo + float(rng.uniform(2, 5))),
+        glyph_height=glyph,
+        line_gap=glyph * float(rng.uniform(1.6, 2.0)),
+        raggedness=float(rng.uniform(0.04, 0.14)),
+    )
+
+
+def style_from(variant: str = "demo", overrides: dict | None = None, *, seed: int = 0) -> DemoStyle:
+    """`variant` ("random" draws one from `seed`), then field overrides; unknown names raise."""
+    from dataclasses import fields, replace
+
+    if variant == "random":
+        style = random_style(seed)
+    elif variant in VARIANTS:
+        style = VARIANTS[variant]
+    else:
+        raise KitError(f"unknown demo variant {variant!r}; valid: {[*VARIANTS, 'random']}")
+    overrides = dict(overrides or {})
+    valid = {f.name for f in fields(DemoStyle)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise KitError(f"unknown demo style field(s) {unknown}; valid: {sorted(valid)}")
+    if "pen_width" in overrides:
+        overrides["pen_width"] = tuple(float(v) for v in overrides["pen_width"])
+    return replace(style, **overrides)
 
 
 @dataclass
@@ -66,24 +146,27 @@ class SynthFragment:
     fibre_v: np.ndarray  # float32 (H, W), unit-variance vertical fibres
     shading: np.ndarray  # float32 (H, W), slow multiplicative density drift around 1
     noise_seed: int
+    style: DemoStyle = DemoStyle()
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.mask.shape
 
     def slice(self, z: int) -> np.ndarray:
-        """Slice z as uint16 (H, W); deterministic (noise seeded by noise_seed and z)."""
+        """Slice z in scan order as uint16 (H, W); deterministic (noise seeded by noise_seed
+        and z). The file index of slice z is N_SLICES - 1 - z when the style is reversed."""
+        st = self.style
         rng = np.random.default_rng([self.noise_seed, z])
         d = np.float32(z) - self.surface  # > 0 behind the surface, inside the sheet
-        sheet = _sigmoid(d / 0.8) * _sigmoid((SHEET_THICKNESS - d) / 1.5)
-        front = (d < SHEET_THICKNESS / 2).astype(np.float32)
+        sheet = _sigmoid(d / 0.8) * _sigmoid((st.sheet_thickness - d) / 1.5)
+        front = (d < st.sheet_thickness / 2).astype(np.float32)
         ink = self.labels.astype(np.float32)
-        ink_layer = np.exp(-0.5 * ((d - INK_DEPTH) / INK_WIDTH) ** 2)
-        texture = front * self.fibre_h * (1 - INK_SMOOTHING * ink * ink_layer)
+        ink_layer = np.exp(-0.5 * ((d - st.ink_depth) / st.ink_width) ** 2)
+        texture = front * self.fibre_h * (1 - st.ink_smoothing * ink * ink_layer)
         texture += (1 - front) * self.fibre_v
-        noise = BACKGROUND + NOISE * rng.standard_normal(self.shape, dtype=np.float32)
-        value = PAPYRUS * sheet * (1 + FIBRE_CONTRAST * texture) * self.shading
-        value += INK_DENSITY * ink * ink_layer
+        noise = BACKGROUND + st.noise * rng.standard_normal(self.shape, dtype=np.float32)
+        value = PAPYRUS * sheet * (1 + st.fibre_contrast * texture) * self.shading
+        value += st.ink_density * ink * ink_layer
         # Outside the papyrus the scanner sees air: background and noise only.
         value = np.where(self.mask, value + noise, noise)
         return np.clip(value, 0, 65535).astype(np.uint16)
@@ -98,20 +181,27 @@ class SynthFragment:
 
 
 def make_demo_data(
-    out: str | os.PathLike, seed: int = 0, scale: float = DEFAULT_SCALE, *, progress: bool = False
+    out: str | os.PathLike,
+    seed: int = 0,
+    scale: float = DEFAULT_SCALE,
+    *,
+    style: DemoStyle | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Write the demo dataset to `out` (created; existing demo files are overwritten)."""
+    """Write the demo dataset to `out` (created; existing demo files are overwritten), in
+    `style` (default: the original demo's); the style is recorded in `out/style.json`."""
     from kit.data.folds import STANDARD_FOLDS, write_folds
 
     out = Path(out)
+    style = style or DemoStyle()
     shapes = {k: _scaled(v, scale) for k, v in REAL_SHAPES.items()}
     split_rows = {"2": STANDARD_FOLDS[1].row_end}
     for index, (fid, shape) in enumerate(shapes.items()):
         frag = synth_fragment(
-            shape, seed=seed, index=index, scale=scale, balance=split_rows.get(fid)
+            shape, seed=seed, index=index, scale=scale, balance=split_rows.get(fid), style=style
         )
         _write_fragment(out / "train" / fid, frag, labels=True, progress=progress)
-    test = synth_fragment(shapes["1"], seed=seed, index=len(shapes), scale=scale)
+    test = synth_fragment(shapes["1"], seed=seed, index=len(shapes), scale=scale, style=style)
     cut = round(TEST_SPLIT["a"][1] / REAL_SHAPES["1"][0] * shapes["1"][0])
     solution = []
     for i, (tid, rows) in enumerate((("a", slice(0, cut)), ("b", slice(cut, None)))):
@@ -123,6 +213,7 @@ def make_demo_data(
     )
     _write_csv(out / "solution.csv", ["Id", "Predicted", "height", "width"], solution)
     write_folds(STANDARD_FOLDS, out / "folds.csv")
+    (out / "style.json").write_text(json.dumps(asdict(style), indent=2) + "\n")
     return out
 
 
@@ -133,21 +224,23 @@ def synth_fragment(
     index: int,
     scale: float = DEFAULT_SCALE,
     balance: float | None = None,
+    style: DemoStyle | None = None,
 ) -> SynthFragment:
     """Generate one fragment of `shape`; `balance` = a row fraction at which the ink above and
     below should be about equal (text lines are dropped from the heavier side)."""
+    style = style or DemoStyle()
     rng = np.random.default_rng([seed, index])
     f = scale / DEFAULT_SCALE  # lengths below are in pixels at the default scale
-    mask = _outline(shape, rng, f)
-    labels = _text(shape, rng, f, mask, balance)
-    lo, hi = SURFACE_RANGE
-    surface = lo + (hi - lo) * _unit(_smooth_field(shape, rng, 140 * f))
+    mask = _outline(shape, rng, f, style.raggedness)
+    labels = _text(shape, rng, f, mask, balance, style)
+    lo, hi = style.surface_mean - style.surface_wander, style.surface_mean + style.surface_wander
+    surface = lo + (hi - lo) * _unit(_smooth_field(shape, rng, style.surface_length * f))
     fibre_h = _fibres(shape, rng, long=6 * f, short=0.6 * f, horizontal=True)
     fibre_v = _fibres(shape, rng, long=6 * f, short=0.6 * f, horizontal=False)
     shading = 1 + 0.1 * (2 * _unit(_smooth_field(shape, rng, 90 * f)) - 1)
     return SynthFragment(
         mask, labels, surface.astype(np.float32), fibre_h, fibre_v, shading.astype(np.float32),
-        noise_seed=int(rng.integers(2**31)),
+        noise_seed=int(rng.integers(2**31)), style=style,
     )  # fmt: skip
 
 
@@ -183,13 +276,16 @@ def _fibres(
     return (streaks - streaks.mean()) / max(float(streaks.std()), 1e-6)
 
 
-def _outline(shape: tuple[int, int], rng: np.random.Generator, f: float) -> np.ndarray:
+def _outline(
+    shape: tuple[int, int], rng: np.random.Generator, f: float, raggedness: float
+) -> np.ndarray:
     """Irregular papyrus outline: a rounded blob with ragged, wandering edges. bool (H, W)."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # Superellipse distance from the centre: 1 at the border of a rounded rectangle.
     dist = (np.abs(yy / (h - 1) * 2 - 1) ** 4 + np.abs(xx / (w - 1) * 2 - 1) ** 4) ** 0.25
-    ragged = 0.08 * _smooth_field(shape, rng, 60 * f) + 0.025 * _smooth_field(shape, rng, 12 * f)
+    ragged = raggedness * _smooth_field(shape, rng, 60 * f)
+    ragged += raggedness * 0.3125 * _smooth_field(shape, rng, 12 * f)  # 0.08 -> 0.025
     mask = dist + ragged < 0.9
     n, cc, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
     if n > 1:  # keep the largest piece, as a real fragment is one sheet
@@ -205,16 +301,17 @@ def _text(
     f: float,
     mask: np.ndarray,
     balance: float | None,
+    style: DemoStyle,
 ) -> np.ndarray:
     """Letter-like strokes in lines of text, clipped to the mask. uint8 {0, 1} (H, W)."""
     h = shape[0]
-    glyph_h, line_gap = 24 * f, 46 * f
+    glyph_h, line_gap = style.glyph_height * f, style.line_gap * f
     lines = []
     for base in np.arange(line_gap * 0.8, h - glyph_h * 0.5, line_gap):
         if rng.random() < 0.2:  # paragraph breaks leave empty lines
             continue
         canvas = np.zeros(shape, np.uint8)
-        _draw_line(canvas, rng, float(base), glyph_h, f)
+        _draw_line(canvas, rng, float(base), glyph_h, f, style.pen_width)
         canvas &= mask
         rows = np.flatnonzero(canvas.any(axis=1))
         if rows.size:
@@ -227,10 +324,17 @@ def _text(
     return labels
 
 
-def _draw_line(canvas: np.ndarray, rng: np.random.Generator, base: float, gh: float, f: float):
-    """One line of pseudo-letters along a gently wavy baseline; pen width 3..8 px at scale 1."""
+def _draw_line(
+    canvas: np.ndarray,
+    rng: np.random.Generator,
+    base: float,
+    gh: float,
+    f: float,
+    pen_width: tuple[float, float],
+) -> None:
+    """One line of pseudo-letters along a gently wavy baseline, pen width drawn from pen_width."""
     w = canvas.shape[1]
-    pen = max(1, round(rng.uniform(*PEN_WIDTH) * f))
+    pen = max(1, round(rng.uniform(*pen_width) * f))
     wave_a, wave_p = rng.uniform(0, 6 * f), rng.uniform(0, 2 * np.pi)
     x = rng.uniform(0, 30 * f)
     while x < w:
@@ -300,7 +404,7 @@ def _balance_lines(lines: list, rng: np.random.Generator, split: int) -> list:
 def _crop(frag: SynthFragment, rows: slice, noise_seed: int) -> SynthFragment:
     return SynthFragment(
         frag.mask[rows], frag.labels[rows], frag.surface[rows], frag.fibre_h[rows],
-        frag.fibre_v[rows], frag.shading[rows], noise_seed,
+        frag.fibre_v[rows], frag.shading[rows], noise_seed, frag.style,
     )  # fmt: skip
 
 
@@ -310,8 +414,9 @@ def _write_fragment(path: Path, frag: SynthFragment, *, labels: bool, progress: 
     volume = path / "surface_volume"
     volume.mkdir(parents=True, exist_ok=True)
     for z in tqdm(range(N_SLICES), desc=f"fragment {path.name}", disable=not progress):
+        index = N_SLICES - 1 - z if frag.style.reverse else z
         # Uncompressed and contiguous, so the reader memory-maps the slices.
-        tifffile.imwrite(volume / f"{z:02d}.tif", frag.slice(z), photometric="minisblack")
+        tifffile.imwrite(volume / f"{index:02d}.tif", frag.slice(z), photometric="minisblack")
     cv2.imwrite(str(path / "mask.png"), frag.mask.astype(np.uint8) * 255)
     if labels:
         cv2.imwrite(str(path / "inklabels.png"), frag.labels * 255)
