@@ -25,8 +25,11 @@ class DataConfig:
     """What the model sees and how it is normalised (shared by training, validation, inference)."""
 
     input_mode: str = "volume"  # "volume": slices z_start..z_end-1; "ir": infrared image
-    z_start: int = 24
-    z_end: int = 40  # exclusive; in_channels = z_end - z_start
+    # File indices of the slice window, z_end exclusive; "auto": found by `kit probe` on the
+    # training fragments when a run starts (kit.data.probe.resolve_auto), saved resolved.
+    z_start: int | str = 24
+    z_end: int | str = 40
+    reverse: bool | str = False  # feed the window deepest slice first; "auto": from the probe
     norm: str = "percentile"  # "percentile" (clip to p_low..p_high inside mask) or "meanstd"
     p_low: float = 1.0
     p_high: float = 99.5
@@ -36,7 +39,30 @@ class DataConfig:
 
     @property
     def in_channels(self) -> int:
-        return 1 if self.input_mode == "ir" else self.z_end - self.z_start
+        if self.input_mode == "ir":
+            return 1
+        if self.unresolved:
+            raise ConfigError(
+                f"data.z_start={self.z_start!r}, data.z_end={self.z_end!r} are not resolved yet: "
+                "'auto' is resolved by kit train from the training fragments (kit probe)"
+            )
+        return self.z_end - self.z_start
+
+    @property
+    def unresolved(self) -> list[str]:
+        """The fields still set to "auto"."""
+        return [k for k in AUTO_FIELDS if getattr(self, k) == "auto"]
+
+    def __post_init__(self) -> None:
+        for key in AUTO_FIELDS:
+            value = getattr(self, key)
+            if isinstance(value, str) and value != "auto":
+                raise ConfigError(f"data.{key}: expected a number or 'auto', got {value!r}")
+        if not self.unresolved and self.input_mode == "volume" and self.z_end <= self.z_start:
+            raise ConfigError(f"data.z_end={self.z_end} must be above data.z_start={self.z_start}")
+
+
+AUTO_FIELDS = ("z_start", "z_end", "reverse")
 
 
 @dataclass
@@ -117,6 +143,9 @@ class TrainConfig:
     embedding_cache: bool = False  # frozen SAM encoder only
     checkpoint_every: int = 200  # also write last.pt every N steps mid-epoch (0 = epoch ends only)
     cpu_threads: int = 0  # torch threads when training on the CPU (0 = torch's default)
+    # > 0: minutes for the whole run (training and its validations); the run times its steps
+    # and sets steps_per_epoch (and caps warmup_steps at 10 % of the steps) to fit
+    budget_minutes: float = 0.0
 
 
 @dataclass
@@ -234,7 +263,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        options = [a for a in args if a is not type(None)]
+        if str in options and isinstance(value, str) and len(options) > 1:
+            return value  # "auto" and friends: checked by the dataclass
+        hint = options[0]
         origin = typing.get_origin(hint)
     if origin is list:
         if not isinstance(value, list | tuple):

@@ -81,3 +81,33 @@ def threshold_plot(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def probe_plot(probe, path: Path) -> None:
+    """Ink signal against slice, one line per fragment and the pooled one, the chosen window
+    shaded; below, each fragment's mean papyrus intensity (scaled 0..1). PNG at `path`.
+    `probe` is a kit.data.probe.DatasetProbe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
+    lo, hi = probe.window
+    for ax in (top, bottom):
+        ax.axvspan(lo - 0.5, hi - 0.5, color="tab:green", alpha=0.12)
+        ax.grid(alpha=0.3)
+    for f in probe.fragments:
+        top.plot(np.abs(f.signal), label=f"fragment {f.id}" + (" (reversed)" if f.reversed else ""))
+        profile = np.asarray(f.profile)
+        span = max(float(profile.max() - profile.min()), 1e-6)
+        bottom.plot((profile - profile.min()) / span, label=f"fragment {f.id}")
+        bottom.axvline(f.surface["median"], color="grey", linewidth=0.8, linestyle=":")
+    top.plot(probe.signal, color="black", linewidth=2, label="pooled")
+    top.set(ylabel="|ink signal| (Cohen's d)", title=f"ink window: slices {lo}..{hi - 1}")
+    bottom.set(xlabel="slice (file index)", ylabel="papyrus intensity (0..1)")
+    top.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

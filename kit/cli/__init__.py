@@ -15,6 +15,7 @@ from kit.errors import KitError
 COMMANDS = {
     "demo-data": "kit.cli.demo_data",
     "folds": "kit.cli.folds",
+    "probe": "kit.cli.probe",
     "train": "kit.cli.train",
     "predict": "kit.cli.predict",
     "evaluate": "kit.cli.evaluate",

@@ -37,7 +37,7 @@ def read_window(fragment: Fragment, data: DataConfig, y: int, x: int, h: int, w:
     ys, ye, xs, xe = max(y, 0), min(y + h, H), max(x, 0), min(x + w, W)
     if data.input_mode == "volume" and (ys, ye, xs, xe) == (y, y + h, x, x + w):
         # inside the fragment: no padding, so no zero-filled copy (halves a band's peak memory)
-        return fragment.read(data.z_start, data.z_end, slice(ys, ye), slice(xs, xe))
+        return _volume(fragment, data, slice(ys, ye), slice(xs, xe))
     out = np.zeros((data.in_channels, h, w), dtype=np.uint16)
     if ys >= ye or xs >= xe:
         return out
@@ -45,12 +45,20 @@ def read_window(fragment: Fragment, data: DataConfig, y: int, x: int, h: int, w:
         ir = _cached_ir(fragment)
         out[0, ys - y : ye - y, xs - x : xe - x] = ir[ys:ye, xs:xe]
     elif data.input_mode == "volume":
-        out[:, ys - y : ye - y, xs - x : xe - x] = fragment.read(
-            data.z_start, data.z_end, slice(ys, ye), slice(xs, xe)
+        out[:, ys - y : ye - y, xs - x : xe - x] = _volume(
+            fragment, data, slice(ys, ye), slice(xs, xe)
         )
     else:
         raise ValueError(f"data.input_mode must be 'volume' or 'ir', got {data.input_mode!r}")
     return out
+
+
+def _volume(fragment: Fragment, data: DataConfig, rows: slice, cols: slice) -> np.ndarray:
+    """The window's slices in model order: deepest first when data.reverse."""
+    if data.unresolved:
+        raise FragmentError(f"data.{data.unresolved[0]}='auto' must be resolved before reading")
+    volume = fragment.read(data.z_start, data.z_end, rows, cols)
+    return np.ascontiguousarray(volume[::-1]) if data.reverse else volume
 
 
 def fragment_stats(fragment: Fragment, data: DataConfig, *, max_rows: int = 256) -> NormStats:

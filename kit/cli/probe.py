@@ -1,0 +1,55 @@
+"""Where is the ink? Per-slice ink signal, surface depth, layer order and a slice window.
+
+Reads bands of rows of every labelled fragment under DATA/train (never a whole volume) and
+writes OUT/probe.json and OUT/probe.png (signal against slice, per fragment). The window it
+recommends is what `data.z_start: auto` / `data.z_end: auto` resolve to (`kit train` probes
+the training rows of its own fold the same way). See kit/data/probe.py for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "per-slice ink signal, surface depth, layer order and the slice window to train on"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset directory (with train/)")
+    p.add_argument("--out", default="probe", help="output directory (default: ./probe)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from kit.data.fragment import Fragment
+    from kit.data.probe import combine, describe, probe_fragment
+    from kit.errors import KitError
+    from kit.io import atomic_path
+    from kit.pictures import probe_plot
+
+    train = Path(args.data) / "train"
+    if not train.is_dir():
+        raise KitError(f"{train} does not exist: --data must be a dataset directory")
+    fragments = [Fragment(p) for p in sorted(train.iterdir()) if p.is_dir()]
+    fragments = [f for f in fragments if f.has_labels]
+    if not fragments:
+        raise KitError(f"no fragment under {train} has inklabels.png: the probe needs labels")
+    probes = []
+    for f in tqdm(fragments, desc="probe", disable=None):
+        probes.append(probe_fragment(f, f.labels()))
+    probe = combine(probes)
+    out = Path(args.out)
+    with atomic_path(out / "probe.json") as tmp:
+        tmp.write_text(json.dumps(probe.to_dict(), indent=1) + "\n")
+    probe_plot(probe, out / "probe.png")
+    for p in probes:
+        s = p.surface
+        print(f"fragment {p.id}: window {p.window[0]}..{p.window[1] - 1}, surface at slice "
+              f"{s['median']:.1f} (5-95 %: {s['p5']:.1f}..{s['p95']:.1f}), "
+              f"{'reversed' if p.reversed else 'scan order'}")  # fmt: skip
+    print(describe(probe))
+    print(f"wrote {out / 'probe.json'} and {out / 'probe.png'}")
+    return 0

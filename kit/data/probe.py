@@ -1,0 +1,235 @@
+"""Where is the ink? Per-slice ink signal, surface depth and layer order of labelled fragments.
+
+    probe_fragment(fragment, labels, rows)  -> FragmentProbe (one fragment's profiles)
+    combine(probes)                          -> DatasetProbe (pooled signal, window, reverse)
+    resolve_auto(config, probe)              -> Config with data.z_start/z_end/reverse resolved
+
+The probe reads evenly spaced bands of rows (all slices, never a whole volume). In each band it
+compares ink pixels with the non-ink papyrus *near* them (within a few stroke widths): the
+per-slice difference of means in units of the background's standard deviation (Cohen's d) is the
+ink signal of that slice. Comparing with nearby papyrus, not all papyrus, keeps slow changes
+across the fragment (the surface's depth, density drift) out of the signal.
+
+Layer order: ink lies on the written surface, at the front of the dense papyrus sheet. In scan
+order (file 00 = outside) the ink peak comes before the centre of the sheet's density; in a
+reversed volume (00 = deepest) after it. The surface depth is where the density rises (falls,
+reversed) most steeply along depth, measured on 8×8-pixel blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from kit.config import Config
+from kit.data.fragment import Fragment
+
+BAND_ROWS = 16  # rows read together (and high-passed together)
+MAX_BANDS = 32  # per fragment: bounds the read to 512 rows whatever the fragment's height
+BLOCK = 8  # pixels per side of the blocks whose profiles locate the surface
+MIN_WINDOW = 8  # slices; a window narrower than this gives the model no depth context
+MAX_WINDOW = 32
+WINDOW_LEVEL = 0.2  # slices whose |signal| is at least this share of the peak are in the window
+WINDOW_MARGIN = 2  # slices added on each side
+
+
+@dataclass
+class FragmentProbe:
+    """One fragment's profiles along depth (file order, one value per slice)."""
+
+    id: str
+    signal: list[float]  # Cohen's d of ink vs nearby non-ink papyrus, signed
+    profile: list[float]  # mean intensity of the papyrus
+    surface: dict[str, float]  # surface depth in file slices: median, p5, p95
+    ink_pixels: int
+    reversed: bool
+    window: tuple[int, int] = (0, 0)  # recommended [z_start, z_end) for this fragment alone
+
+
+@dataclass
+class DatasetProbe:
+    fragments: list[FragmentProbe]
+    signal: list[float]  # pooled over fragments, weighted by ink pixels
+    window: tuple[int, int]
+    reverse: bool
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def probe_fragment(
+    fragment: Fragment, labels: np.ndarray, rows: list[tuple[int, int]] | None = None
+) -> FragmentProbe:
+    """Profiles of `fragment` from bands of rows inside `rows` (default: all rows)."""
+    mask = fragment.mask()
+    ink = (labels > 0) & mask
+    near = _near_background(ink, mask)
+    n = fragment.n_slices
+    sums = np.zeros((4, n))  # ink Σx, ink Σx², near Σx, near Σx²
+    counts = np.zeros(2)
+    profile, blocks = np.zeros(n), []
+    starts = _band_starts(fragment.shape[0], rows, mask)
+    for r0 in starts:
+        band = fragment.read(0, n, slice(r0, r0 + BAND_ROWS)).astype(np.float32)
+        m, i, b = (a[r0 : r0 + BAND_ROWS] for a in (mask, ink, near))
+        xi, xb = band[:, i], band[:, b]
+        sums += [xi.sum(1), (xi**2).sum(1), xb.sum(1), (xb**2).sum(1)]
+        counts += [i.sum(), b.sum()]
+        profile += band[:, m].sum(1)
+        blocks.append(_block_profiles(band, m))
+    profile /= max(sum(int(mask[s : s + BAND_ROWS].sum()) for s in starts), 1)
+    signal = _cohens_d(sums, counts)
+    block_profiles = np.concatenate(blocks) if blocks else np.zeros((0, n))
+    reversed_ = _looks_reversed(signal, profile)
+    surface = _surface_depths(block_profiles, reversed_)
+    return FragmentProbe(
+        id=fragment.id, signal=signal.round(4).tolist(), profile=profile.round(1).tolist(),
+        surface=surface, ink_pixels=int(counts[0]), reversed=reversed_,
+        window=recommend_window(signal),
+    )  # fmt: skip
+
+
+def combine(probes: list[FragmentProbe]) -> DatasetProbe:
+    """The dataset's window and layer order from its fragments (ink-pixel weighted)."""
+    weights = np.array([p.ink_pixels for p in probes], dtype=np.float64)
+    signals = np.array([p.signal for p in probes])
+    if weights.sum() == 0:
+        raise ValueError("no ink pixels in the probed fragments: cannot locate the ink")
+    pooled = (np.abs(signals) * weights[:, None]).sum(0) / weights.sum()
+    votes = sum(w for p, w in zip(probes, weights, strict=True) if p.reversed)
+    reverse = votes > weights.sum() / 2
+    notes = []
+    if any(p.reversed != reverse for p in probes):
+        odd = [p.id for p in probes if p.reversed != reverse]
+        notes.append(f"layer order differs between fragments: {odd} look the other way round")
+    signs = {p.id: np.sign(p.signal[int(np.argmax(np.abs(p.signal)))]) for p in probes}
+    if len(set(signs.values())) > 1:
+        notes.append(f"ink is denser than papyrus in some fragments, lighter in others: {signs}")
+    return DatasetProbe(
+        fragments=probes, signal=pooled.round(4).tolist(), window=recommend_window(pooled),
+        reverse=bool(reverse), notes=notes,
+    )  # fmt: skip
+
+
+def recommend_window(signal) -> tuple[int, int]:
+    """[z_start, z_end): the contiguous run of slices around the |signal| peak at or above
+    WINDOW_LEVEL of the peak, plus WINDOW_MARGIN each side, widened to MIN_WINDOW and cut to
+    MAX_WINDOW around the peak."""
+    s = np.abs(np.asarray(signal, dtype=np.float64))
+    n = len(s)
+    s = np.convolve(np.pad(s, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
+    peak = int(np.argmax(s))
+    lo = hi = peak
+    while lo > 0 and s[lo - 1] >= WINDOW_LEVEL * s[peak]:
+        lo -= 1
+    while hi < n - 1 and s[hi + 1] >= WINDOW_LEVEL * s[peak]:
+        hi += 1
+    lo, hi = lo - WINDOW_MARGIN, hi + 1 + WINDOW_MARGIN
+    while hi - lo < MIN_WINDOW:
+        lo, hi = lo - 1, hi + 1
+    if hi - lo > MAX_WINDOW:  # keep the heavier side of the peak
+        lo = max(lo, min(peak - MAX_WINDOW // 2, hi - MAX_WINDOW))
+        hi = lo + MAX_WINDOW
+    lo, hi = max(lo, 0), min(hi, n)
+    if hi - lo < min(MIN_WINDOW, n):  # clipped at an end of the volume
+        lo, hi = (0, min(MIN_WINDOW, n)) if lo == 0 else (max(n - MIN_WINDOW, 0), n)
+    return int(lo), int(hi)
+
+
+def _band_starts(height: int, rows, mask: np.ndarray) -> list[int]:
+    """Up to MAX_BANDS evenly spaced band starts inside `rows`, each band holding papyrus."""
+    ranges = rows or [(0, height)]
+    starts = [s for r0, r1 in ranges for s in range(r0, max(r1 - BAND_ROWS, r0) + 1, BAND_ROWS)]
+    starts = [s for s in starts if mask[s : s + BAND_ROWS].any()]
+    if len(starts) > MAX_BANDS:
+        starts = [starts[i] for i in np.linspace(0, len(starts) - 1, MAX_BANDS).astype(int)]
+    return starts
+
+
+def _near_background(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Non-ink papyrus within ~3 stroke half-widths of ink, bool (H, W)."""
+    if not ink.any():
+        return np.zeros_like(ink)
+    dist = cv2.distanceTransform(ink.astype(np.uint8), cv2.DIST_L2, 3)
+    half_width = float(np.percentile(dist[ink], 90))
+    r = int(np.clip(round(3 * half_width), 3, 64))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return (cv2.dilate(ink.astype(np.uint8), kernel) > 0) & ~ink & mask
+
+
+def _cohens_d(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    if counts.min() < 2:
+        return np.zeros(sums.shape[1])
+    mean_i, mean_b = sums[0] / counts[0], sums[2] / counts[1]
+    var_b = np.maximum(sums[3] / counts[1] - mean_b**2, 1e-6)
+    return (mean_i - mean_b) / np.sqrt(var_b)
+
+
+def _block_profiles(band: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean profile of each BLOCK×BLOCK block fully inside the mask: (N, slices)."""
+    c, h, w = band.shape
+    hb, wb = h // BLOCK, w // BLOCK
+    if hb == 0 or wb == 0:
+        return np.zeros((0, c))
+    cut = band[:, : hb * BLOCK, : wb * BLOCK].reshape(c, hb, BLOCK, wb, BLOCK).mean((2, 4))
+    full = mask[: hb * BLOCK, : wb * BLOCK].reshape(hb, BLOCK, wb, BLOCK).all((1, 3))
+    return cut[:, full].T
+
+
+def _looks_reversed(signal: np.ndarray, profile: np.ndarray) -> bool:
+    """Ink peak after the centre of the sheet's excess density: 00 is the deepest slice."""
+    excess = np.maximum(profile - profile.min(), 0)
+    if excess.sum() == 0:
+        return False
+    centre = float((excess * np.arange(len(profile))).sum() / excess.sum())
+    return int(np.argmax(np.abs(signal))) > centre
+
+
+def _surface_depths(blocks: np.ndarray, reversed_: bool) -> dict[str, float]:
+    if len(blocks) == 0:
+        return {"median": float("nan"), "p5": float("nan"), "p95": float("nan")}
+    rise = np.diff(blocks, axis=1)
+    edge = (np.argmin(rise, axis=1) if reversed_ else np.argmax(rise, axis=1)) + 0.5
+    p5, median, p95 = np.percentile(edge, [5, 50, 95])
+    return {"median": float(median), "p5": float(p5), "p95": float(p95)}
+
+
+def probe_fragments(
+    fragments: list[Fragment],
+    labels: list[np.ndarray],
+    rows: list[list[tuple[int, int]]] | None = None,
+) -> DatasetProbe:
+    """`combine` of each fragment's probe, over its `rows` ranges (default: all rows)."""
+    rows = rows or [None] * len(fragments)
+    return combine(
+        [probe_fragment(f, lab, r) for f, lab, r in zip(fragments, labels, rows, strict=True)]
+    )
+
+
+def resolve_auto(config: Config, probe: DatasetProbe) -> Config:
+    """`config` with each "auto" of data.z_start/z_end/reverse replaced by the probe's choice.
+    A fixed bound keeps its value; the other bound keeps the probe's window width."""
+    d = config.data
+    if not d.unresolved:
+        return config
+    lo, hi = probe.window
+    if d.z_start != "auto":
+        lo, hi = d.z_start, max(d.z_start + 1, d.z_start + hi - lo)
+    elif d.z_end != "auto":
+        lo, hi = max(min(d.z_end - (hi - lo), d.z_end - 1), 0), d.z_end
+    resolved = {"z_start": lo, "z_end": hi, "reverse": probe.reverse}
+    data = dataclasses.replace(d, **{k: resolved[k] for k in d.unresolved})
+    return dataclasses.replace(config, data=data)
+
+
+def describe(probe: DatasetProbe) -> str:
+    """One line for logs: the window, the layer order and the notes."""
+    lo, hi = probe.window
+    order = "reversed (00 = deepest)" if probe.reverse else "scan order (00 = outside)"
+    peak = int(np.argmax(probe.signal))
+    text = f"ink window slices {lo}..{hi - 1} (signal peak at {peak}), layers in {order}"
+    return "; ".join([text, *probe.notes])
