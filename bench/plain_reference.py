@@ -1,0 +1,203 @@
+"""The plain reference (issue 10): one small 2D U-Net, trained for a fixed wall time, test F0.5.
+
+Written from scratch as the bar every default member must clear on held-out data: a 3-level
+U-Net (per level two 3×3 conv + BatchNorm + ReLU, 32/64/96 channels, max-pool down,
+nearest-neighbour up, skip concatenation, 1×1 conv head) on the 36 middle slices (z 14..49)
+divided by 65535; random 128-px tiles centred inside the mask, batch 8, random horizontal flips,
+BCE-with-logits, AdamW lr 2e-3, for `--minutes` of training on `--threads` torch threads. Every
+test fragment is predicted with half-overlapping 128-px tiles averaged (sum / count), thresholded
+at 0.5 and multiplied by the mask; F0.5 comes from TP/FP/FN pooled over all test fragments,
+against DATA/solution.csv (Id, Predicted = RLE of the true labels, height, width).
+
+It reads the competition layout (train/<id>/surface_volume/NN.tif, mask.png, inklabels.png;
+test/<id>/...) with each slice read whole: fine for demo-sized data, not for the real fragments.
+
+    PYTHONPATH=. python bench/plain_reference.py --data DATA [--minutes 10] [--threads 2]
+        [--seed 0] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+from torch import nn
+
+from kit.metrics import best_threshold, confusion_counts, fbeta_from_counts
+from kit.rle import decode
+
+Z0, Z1, TILE, BATCH = 14, 50, 128, 8  # slices z0..z1-1: the 36 middle ones of 65
+
+
+def read_fragment(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(volume float32 (36, H, W) in [0, 1], mask bool (H, W), labels float32 (H, W) or None)."""
+    vol = (
+        np.stack(
+            [tifffile.imread(path / "surface_volume" / f"{z:02d}.tif") for z in range(Z0, Z1)]
+        ).astype(np.float32)
+        / 65535.0
+    )
+    mask = np.array(Image.open(path / "mask.png").convert("L")) > 0
+    ink = path / "inklabels.png"
+    labels = (
+        (np.array(Image.open(ink).convert("L")) > 0).astype(np.float32) if ink.is_file() else None
+    )
+    return vol, mask, labels
+
+
+def block(cin: int, cout: int) -> nn.Sequential:
+    layers = []
+    for c in (cin, cout):
+        layers += [nn.Conv2d(c, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    def __init__(self, cin: int = Z1 - Z0, ch: tuple[int, int, int] = (32, 64, 96)):
+        super().__init__()
+        self.enc1, self.enc2, self.enc3 = (
+            block(cin, ch[0]),
+            block(ch[0], ch[1]),
+            block(ch[1], ch[2]),
+        )
+        self.dec2, self.dec1 = block(ch[2] + ch[1], ch[1]), block(ch[1] + ch[0], ch[0])
+        self.pool, self.up = nn.MaxPool2d(2), nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = nn.Conv2d(ch[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        e3 = self.enc3(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up(e3), e2], 1))
+        return self.head(self.dec1(torch.cat([self.up(d2), e1], 1)))
+
+
+def pad(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Zero-pad the last two axes: TILE // 2 before, and after up to height h, width w."""
+    p = TILE // 2
+    widths = [(0, 0)] * (a.ndim - 2) + [(p, h - a.shape[-2] - p), (p, w - a.shape[-1] - p)]
+    return np.pad(a, widths)
+
+
+def train(fragments: list, minutes: float, rng: np.random.Generator) -> tuple[UNet, int]:
+    # Padded by half a tile, so a tile centred on pixel (y, x) is padded[y:y+TILE, x:x+TILE].
+    padded = [
+        (
+            pad(v, v.shape[1] + TILE, v.shape[2] + TILE),
+            pad(y, *(n + TILE for n in y.shape)),
+            np.argwhere(m),
+        )
+        for v, m, y in fragments
+    ]
+    weights = np.array([len(c) for _, _, c in padded], dtype=np.float64)
+    model = UNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    steps, end = 0, time.monotonic() + minutes * 60
+    while time.monotonic() < end:
+        xs, ys = [], []
+        for f in rng.choice(len(padded), BATCH, p=weights / weights.sum()):
+            vol, lab, centres = padded[f]
+            y, x = centres[rng.integers(len(centres))]
+            xt, yt = vol[:, y : y + TILE, x : x + TILE], lab[y : y + TILE, x : x + TILE]
+            if rng.random() < 0.5:
+                xt, yt = xt[:, :, ::-1], yt[:, ::-1]
+            xs.append(xt.copy())
+            ys.append(yt.copy())
+        logits = model(torch.from_numpy(np.stack(xs)))
+        loss = loss_fn(logits, torch.from_numpy(np.stack(ys))[:, None])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        if steps % 50 == 0:
+            print(f"step {steps} loss {loss.item():.4f}", file=sys.stderr, flush=True)
+    return model, steps
+
+
+@torch.no_grad()
+def predict(model: UNet, vol: np.ndarray) -> np.ndarray:
+    """Probability (H, W): half-overlapping tiles over the half-tile-padded volume, averaged."""
+    model.eval()
+    _, h, w = vol.shape
+    stride = TILE // 2
+    # Half a tile of zeros before, at least half a tile after, and a whole number of strides.
+    hp, wp = -(-h // stride) * stride + TILE, -(-w // stride) * stride + TILE
+    v = pad(vol, hp, wp)
+    total, count = np.zeros((hp, wp), np.float32), np.zeros((hp, wp), np.float32)
+    spots = [
+        (y, x) for y in range(0, hp - TILE + 1, stride) for x in range(0, wp - TILE + 1, stride)
+    ]
+    for i in range(0, len(spots), BATCH):
+        batch = spots[i : i + BATCH]
+        tiles = torch.from_numpy(np.stack([v[:, y : y + TILE, x : x + TILE] for y, x in batch]))
+        probs = torch.sigmoid(model(tiles))[:, 0].numpy()
+        for (y, x), p in zip(batch, probs, strict=True):
+            total[y : y + TILE, x : x + TILE] += p
+            count[y : y + TILE, x : x + TILE] += 1
+    return (total / np.maximum(count, 1))[stride : stride + h, stride : stride + w]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", type=Path, required=True, help="dataset in the competition layout")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training wall time")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, help="also write the result JSON here")
+    args = ap.parse_args()
+    start = time.monotonic()
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    train_dirs = sorted(p for p in (args.data / "train").iterdir() if p.is_dir())
+    model, steps = train([read_fragment(p) for p in train_dirs], args.minutes, rng)
+    with open(args.data / "solution.csv", newline="") as f:
+        solution = {r["Id"]: r for r in csv.DictReader(f)}
+    tp = fp = fn = 0
+    probs, targets = [], []  # for the oracle threshold, a diagnostic only
+    for path in sorted(p for p in (args.data / "test").iterdir() if p.is_dir()):
+        vol, mask, _ = read_fragment(path)
+        prob = predict(model, vol) * mask
+        row = solution[path.name]
+        target = decode(row["Predicted"], (int(row["height"]), int(row["width"])))
+        counts = confusion_counts(prob >= 0.5, target)
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
+        probs.append(prob.ravel())
+        targets.append(target.ravel())
+    oracle_t, oracle_f05 = best_threshold(np.concatenate(probs), np.concatenate(targets))
+    result = {
+        "method": "plain_reference",
+        "test_f05": round(fbeta_from_counts(tp, fp, fn), 4),
+        "oracle_threshold": oracle_t,  # chosen on the test labels: how much is calibration
+        "oracle_test_f05": round(oracle_f05, 4),
+        "seconds": round(time.monotonic() - start, 1),
+        "train_minutes": args.minutes,
+        "steps": steps,
+        "threads": args.threads,
+        "seed": args.seed,
+    }
+    line = json.dumps(result)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
