@@ -14,6 +14,13 @@
 #   CPU_JOBS        trainings at once without a GPU (default: the number of cores)
 #   DEMO_SCALE      size of the generated demo data relative to the real fragments (1/16)
 #   TRAIN_ARGS      extra arguments for every `kit train` call, e.g. "--max-steps 20"
+#   TIME_BUDGET     minutes for the whole pipeline: every `kit train` gets `--budget B` and sets
+#                   its own step count to fit B (it times its steps; epochs stay the validations).
+#                   B = 85 % of TIME_BUDGET / waves, waves = ceil(runs / trainings at once); the
+#                   other 15 % is for the data, evaluation, prediction, submission and report.
+#                   B depends on TIME_BUDGET, the runs and the slots only, never on the clock, so
+#                   a rerun keeps its finished runs. Default 9 without a GPU (unless TRAIN_ARGS
+#                   holds --max-steps or --budget), none with one; 0 = off.
 # A rerun skips finished steps (trained folds, predicted fragments) and resumes interrupted ones.
 set -Eeuo pipefail
 cd "$(dirname "$0")"
@@ -76,7 +83,7 @@ train_command() {
   [ -f "$yaml" ] && CONFIG_HASH=$(cksum <"$yaml") || CONFIG_HASH=none
   [ -n "$SAM_CHECKPOINT" ] && TRAIN+=(--sam-checkpoint "$SAM_CHECKPOINT")
   # shellcheck disable=SC2206
-  TRAIN+=($TRAIN_ARGS)
+  TRAIN+=($TRAIN_ARGS "${BUDGET_ARGS[@]}")
 }
 
 train_one() {
@@ -95,6 +102,26 @@ train_one() {
 # Several trainings at once: one per GPU, or CPU_JOBS on a CPU (the demo presets use one torch
 # thread each, so two cores train two folds side by side). Jobs log to <run>.log.
 if [ "$NGPUS" -gt 0 ]; then SLOTS=$NGPUS; else SLOTS=${CPU_JOBS:-$(nproc)}; fi
+
+# TIME_BUDGET -> the same --budget for every run (from the budget, runs and slots only: stable).
+TIME_BUDGET=${TIME_BUDGET:-}
+BUDGET_ARGS=()
+explicit=' --(max-steps|budget)[ =]'
+own_budget=' --budget[ =]'
+if [ -z "$TIME_BUDGET" ] && [ "$NGPUS" -eq 0 ] && ! [[ " $TRAIN_ARGS " =~ $explicit ]]; then
+  TIME_BUDGET=9
+fi
+if [ -n "$TIME_BUDGET" ]; then
+  [[ $TIME_BUDGET =~ ^[0-9]+([.][0-9]*)?$ ]] || { echo "run_all.sh: TIME_BUDGET must be minutes (a number), got '$TIME_BUDGET'" >&2; exit 2; }
+  if [[ " $TRAIN_ARGS " =~ $own_budget ]]; then
+    echo "time budget: TRAIN_ARGS sets --budget itself; TIME_BUDGET=$TIME_BUDGET not applied"
+  elif LC_ALL=C awk -v t="$TIME_BUDGET" 'BEGIN { exit !(t > 0) }'; then
+    WAVES=$(((${#RUNS[@]} + SLOTS - 1) / SLOTS))
+    RUN_BUDGET=$(LC_ALL=C awk -v t="$TIME_BUDGET" -v w="$WAVES" 'BEGIN { printf "%.2f", 0.85 * t / w }')
+    BUDGET_ARGS=(--budget "$RUN_BUDGET")
+    echo "time budget $TIME_BUDGET min: --budget $RUN_BUDGET min per run (${#RUNS[@]} runs, $SLOTS at a time = $WAVES waves; 15 % kept for the rest; $(($(date +%s) - START)) s elapsed so far)"
+  fi
+fi
 PIDS=() NAMES=() LOGS=()
 reap_oldest() {
   local pid=${PIDS[0]} name=${NAMES[0]} log=${LOGS[0]}

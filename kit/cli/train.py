@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
+    p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                   help="minutes for the whole run: times its steps and sets steps_per_epoch to "
+                        "fit (train.budget_minutes; 0 = off)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
     p.add_argument("--log-images", action="store_true", help="write a preview per validation")
     p.add_argument(
@@ -31,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import time
+
+    started = time.monotonic()  # a --budget counts from here (torch is imported below)
 
     # Idle OpenMP threads sleep instead of spinning: on a shared CPU spinning threads stall every op.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -58,13 +64,17 @@ def run(args: argparse.Namespace) -> int:
             f"folds CSV {folds} does not exist; write one with "
             f"`python -m kit folds --data {data} --out {data / 'folds.csv'}`"
         )
+    if args.budget is not None:
+        if args.budget < 0:
+            raise KitError(f"--budget must be at least 0 minutes (0 = off), got {args.budget}")
+        config = apply_overrides(config, [f"train.budget_minutes={args.budget}"])
     if args.max_steps is not None and args.max_steps < 1:
         raise KitError(f"--max-steps must be at least 1, got {args.max_steps}")
     out = Path(args.out) if args.out else Path("runs") / config.name / f"fold{args.fold}"
     summary = train_fold(
         config, data_dir=data, fold=args.fold, folds_csv=folds, out=out,
         max_steps=args.max_steps, resume=args.resume, log_images=args.log_images,
-        device=args.device,
+        device=args.device, started=started,
     )  # fmt: skip
     if summary["best_f05"] is not None:
         print(f"{out}: step {summary['step']}, best held-out F0.5 {summary['best_f05']:.4f} "

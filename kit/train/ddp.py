@@ -74,6 +74,16 @@ def any_flag(info: DistInfo, flag: bool) -> bool:
     return bool(t.item())
 
 
+def broadcast_floats(info: DistInfo, values: list[float]) -> list[float]:
+    """Rank 0's `values` on every rank (e.g. the budget calibration's timings)."""
+    if not info.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    t = t.cuda() if dist.get_backend() == "nccl" else t
+    dist.broadcast(t, src=0)
+    return t.cpu().tolist()
+
+
 def shard(items, info: DistInfo):
     """This rank's share of a sequence: every world_size-th item from rank on (equal lengths)."""
     usable = len(items) - len(items) % info.world_size

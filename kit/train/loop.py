@@ -31,12 +31,13 @@ from tqdm import tqdm
 
 from kit.augment import augment_batch
 from kit.checkpoint import load_checkpoint, save_checkpoint
-from kit.config import Config, config_to_dict, save_config
+from kit.config import Config, config_from_dict, config_to_dict, save_config
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize
 from kit.errors import KitError
 from kit.io import write_png
 from kit.train import ddp
+from kit.train.budget import fit_budget, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
 from kit.train.sampler import epoch_tiles, tile_candidates
 
@@ -82,14 +83,20 @@ def train_fold(
     log_images: bool = False,
     device: str | None = None,
     progress: bool = True,
+    started: float | None = None,
 ) -> dict:
-    """Train (or resume) one fold; returns {"step", "best_f05", "threshold", "finished"}."""
+    """Train (or resume) one fold; returns {"step", "best_f05", "threshold", "finished"}.
+
+    `started` (time.monotonic()) is when the job began, for `train.budget_minutes` (default now).
+    """
+    started = time.monotonic() if started is None else started
     info = ddp.init_distributed()
     try:
         return _Trainer(
             config, data_dir=Path(data_dir), fold=fold, folds_csv=Path(folds_csv), out=Path(out),
             max_steps=max_steps, resume=resume, log_images=log_images, info=info,
             device=ddp.device_for(info, device), progress=progress and info.is_main,
+            started=started,
         ).run()  # fmt: skip
     finally:
         ddp.cleanup(info)
@@ -110,11 +117,16 @@ def lr_factor(step: int, *, warmup: int, total: int) -> float:
 
 
 def finished_run(out: Path, config: Config, max_steps: int | None) -> bool:
-    """True when `out` already holds a run of this length with a best.pt (reruns are cheap)."""
+    """True when `out` already holds a run of this length with a best.pt (reruns are cheap).
+    The length of a budgeted run is the one it resolved, if it had the same budget."""
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     if not (last.is_file() and best.is_file()):
         return False
     state = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+    saved = state.get("config") or {}
+    if (saved.get("train") or {}).get("budget_minutes", 0.0) != config.train.budget_minutes:
+        return False  # another budget is another run
+    config = resolved_config(config, saved)
     return int(state.get("step", 0)) >= total_steps(config, max_steps)
 
 
@@ -199,8 +211,11 @@ class _Trainer:
     """The state of one training run; `run()` is the whole job."""
 
     def __init__(self, config: Config, *, data_dir, fold, folds_csv, out, max_steps, resume,
-                 log_images, info, device, progress):  # fmt: skip
+                 log_images, info, device, progress, started):  # fmt: skip
         self.config, self.data_dir, self.fold, self.folds_csv = config, data_dir, fold, folds_csv
+        self.started = started  # time.monotonic() when the job began (train.budget_minutes)
+        self.budget: dict | None = None  # the budget calibration's record (run.json)
+        self.writer = None
         self.out, self.max_steps, self.resume, self.log_images = out, max_steps, resume, log_images
         self.info, self.device, self.progress = info, device, progress
         self.last_path = out / "checkpoints" / "last.pt"
@@ -211,7 +226,6 @@ class _Trainer:
 
     # -- setup ---------------------------------------------------------------------------------
     def run(self) -> dict:
-        target = total_steps(self.config, self.max_steps)
         if finished_run(self.out, self.config, self.max_steps):
             state = torch.load(self.last_path, map_location="cpu", weights_only=False, mmap=True)
             self._say(f"{self.out}: run finished ({state['step']} steps); nothing to do")
@@ -226,10 +240,11 @@ class _Trainer:
         resume_state = (
             load_checkpoint(self.last_path) if self.resume and self.last_path.is_file() else None
         )
-        if resume_state is not None:
+        if resume_state is not None:  # a budgeted run keeps the length it resolved
+            self.config = resolved_config(self.config, resume_state["config"])
             self._check_resumable(resume_state)
         self._setup(resume_state)
-        self._train(target)
+        self._train(total_steps(self.config, self.max_steps))
         ddp.barrier(self.info)
         return self._summary(
             self.state.step, self.state.best_score, self.state.best_threshold, True
@@ -237,6 +252,8 @@ class _Trainer:
 
     def _check_resumable(self, saved: dict) -> None:
         ours, theirs = config_to_dict(self.config), saved["config"]
+        with contextlib.suppress(KitError):  # fields added since it was saved: their defaults
+            theirs = config_to_dict(config_from_dict(theirs))
         free = ("epochs", "num_workers", "checkpoint_every")  # may change on resume
         for section in ours:  # the rest defines the run
             if section == "train":
@@ -251,7 +268,7 @@ class _Trainer:
                 )
 
     def _setup(self, saved: dict | None) -> None:
-        from kit.models import build_model, load_pretrained, param_groups
+        from kit.models import build_model, load_pretrained
 
         config, t = self.config, self.config.train
         check_embedding_cache(config)
@@ -272,8 +289,31 @@ class _Trainer:
             load_pretrained(model, config)
         self.model = model.to(self.device)
         self.cache = self._make_cache()
+        self._build_optimisation()
+        if saved is not None:
+            self._restore(saved)
+        self.ddp_model = self.model
+        if self.info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if saved is None and self.config.train.budget_minutes > 0:
+            self.budget = fit_budget(self)  # resolves train.steps_per_epoch and warmup_steps
+        if self.info.is_main:
+            self._write_run_files()
+        self.writer = None
+        if self.info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _build_optimisation(self) -> None:
+        """A fresh optimizer, LR schedule, grad scaler, EMA and augmentation generator for
+        `self.model` and `self.config` (again after a budget calibration moved them on)."""
+        from kit.models import param_groups
+
+        t = self.config.train
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, config), lr=t.lr, weight_decay=t.weight_decay
+            param_groups(self.model, self.config), lr=t.lr, weight_decay=t.weight_decay
         )
         self.total = t.epochs * t.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -293,19 +333,6 @@ class _Trainer:
             )
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(t.seed * 1_000_003 + self.info.rank)
-        if saved is not None:
-            self._restore(saved)
-        self.ddp_model = self.model
-        if self.info.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if self.info.is_main:
-            self._write_run_files()
-        self.writer = None
-        if self.info.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
     def _write_run_files(self) -> None:
         (self.out / "oof").mkdir(parents=True, exist_ok=True)
@@ -313,6 +340,12 @@ class _Trainer:
         save_config(self.config, self.out / "config.yaml")
         run = {"data": str(self.data_dir.resolve()), "fold": self.fold,
                "folds_csv": str(self.folds_csv.resolve())}  # fmt: skip
+        budget = self.budget
+        if budget is None and self.config.train.budget_minutes > 0:  # resumed: keep the record
+            with contextlib.suppress(OSError, ValueError):
+                budget = json.loads((self.out / "run.json").read_text()).get("budget")
+        if budget is not None:
+            run["budget"] = budget
         (self.out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         with open(self.out / "oof" / "regions.csv", "w", newline="") as f:
             w = csv.writer(f)

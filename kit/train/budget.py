@@ -1,0 +1,259 @@
+"""A time budget for one training run: `train.budget_minutes` / `kit train --budget MINUTES`.
+
+A budgeted run keeps `train.epochs` (the number of validations, with `train.val_every`) and
+chooses `train.steps_per_epoch` so that setup, training and validations fit the budget:
+
+1. `calibrate(trainer)`, at setup once the model and optimizer exist: a few real optimiser
+   steps on real loader batches (the first excluded as warm-up), one stitched prediction of a
+   slice of a held-out region of at least `infer.batch_size` tiles (per-tile cost, scaled to the
+   held-out tiles each validation predicts), the normalisation statistics and threshold search a
+   validation repeats, and one `last.pt` save. Afterwards the model, RNG states, optimizer,
+   scheduler, scaler, EMA, augmentation generator and embedding cache are exactly as before, so
+   a budgeted run trains identically to an unbudgeted one of the same resolved length.
+2. `budget_steps(...)`: the arithmetic, a pure function.
+3. `fit_budget(trainer)`: writes the resolved `steps_per_epoch` and `warmup_steps` (capped at
+   10 % of the steps) into the run's config (hence config.yaml and every checkpoint), prints one
+   line and returns the record that run.json keeps under "budget".
+
+A resumed or rerun budgeted run never re-calibrates: `resolved_config` takes the length from
+the config saved in its `last.pt` (when that run had the same budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kit.config import Config
+from kit.train import ddp
+
+CALIBRATION_STEPS = 6  # optimiser steps timed at setup; the first is warm-up, not counted
+
+
+@dataclass(frozen=True)
+class Timings:
+    """What calibration measured, in seconds."""
+
+    setup: float  # process start to the end of calibration (data, model, calibration itself)
+    step: float  # one optimiser step, loading included (+ its share of mid-epoch checkpoints)
+    validation: float  # one validation: predictions, statistics, threshold search, best.pt
+    epoch: float  # per epoch besides its steps: loader start and the last.pt save
+
+
+def budget_steps(
+    budget_s: float,
+    *,
+    step_s: float,
+    validation_s: float,
+    n_validations: int,
+    setup_s: float,
+    epochs: int,
+    epoch_s: float = 0.0,
+) -> int:
+    """Total optimiser steps that fit `budget_s`, a multiple of `epochs` (at least one per epoch):
+    epochs × floor(free / (epochs × step_s)), where the time left for steps is
+    free = budget_s − setup_s − n_validations × validation_s − epochs × epoch_s.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if step_s <= 0:
+        raise ValueError(f"step_s must be positive, got {step_s}")
+    free = budget_s - setup_s - n_validations * validation_s - epochs * epoch_s
+    per_epoch = math.floor(free / (epochs * step_s)) if free > 0 else 0
+    return max(per_epoch, 1) * epochs
+
+
+def budget_warmup(warmup_steps: int, steps: int) -> int:
+    """The configured warmup, capped at 10 % of the run's steps."""
+    return max(0, min(warmup_steps, steps // 10))
+
+
+def n_validations(epochs: int, val_every: int) -> int:
+    """Validations of a full run: every `val_every` epochs, and once more at the end if needed."""
+    return -(-epochs // max(val_every, 1))
+
+
+def resolved_config(config: Config, saved: dict | None) -> Config:
+    """`config` with the length an earlier run of the same budget resolved (`saved` = the config
+    dict stored in its checkpoint): its steps_per_epoch and warmup_steps. Unchanged without a
+    budget, without `saved`, or when `saved` had another budget (then it is another run)."""
+    budget = config.train.budget_minutes
+    train = (saved or {}).get("train") or {}
+    if budget <= 0 or train.get("budget_minutes") != budget:
+        return config
+    length = {k: int(train[k]) for k in ("steps_per_epoch", "warmup_steps") if k in train}
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **length))
+
+
+def fit_budget(trainer) -> dict:
+    """Calibrate, resolve the run's length into `trainer.config`, rebuild the optimisation state
+    for it, print the budget line and return the run.json record."""
+    config = trainer.config
+    t = config.train
+    timings = calibrate(trainer)
+    n_val = n_validations(t.epochs, t.val_every)
+    budget_s = t.budget_minutes * 60
+    steps = budget_steps(
+        budget_s, step_s=timings.step, validation_s=timings.validation, n_validations=n_val,
+        setup_s=timings.setup, epochs=t.epochs, epoch_s=timings.epoch,
+    )  # fmt: skip
+    per_epoch = steps // t.epochs
+    warmup = budget_warmup(t.warmup_steps, steps)
+    trainer.config = dataclasses.replace(
+        config, train=dataclasses.replace(t, steps_per_epoch=per_epoch, warmup_steps=warmup)
+    )
+    trainer._build_optimisation()  # fresh optimizer, scheduler, scaler, EMA, generator
+    fixed = timings.setup + n_val * timings.validation + t.epochs * timings.epoch
+    note = ""
+    if fixed + steps * timings.step > budget_s * 1.1:
+        note = (
+            f" (too small: setup and validations alone take ~{fixed:.0f} s; "
+            "raise the budget or lower train.epochs)"
+        )
+    trainer._say(
+        f"budget {t.budget_minutes:g} min: setup {timings.setup:.1f} s, "
+        f"{timings.step:.3g} s/step, validation ~{timings.validation:.1f} s x {n_val}, "
+        f"{timings.epoch:.2g} s/epoch -> {steps} steps ({t.epochs} epochs x {per_epoch}), "
+        f"warmup {warmup}{note}"
+    )
+    return {
+        "minutes": t.budget_minutes,
+        "setup_seconds": round(timings.setup, 3),
+        "step_seconds": round(timings.step, 5),
+        "validation_seconds": round(timings.validation, 3),
+        "validations": n_val,
+        "epoch_seconds": round(timings.epoch, 4),
+        "steps": steps,
+        "steps_per_epoch": per_epoch,
+        "warmup_steps": warmup,
+    }
+
+
+def calibrate(trainer, *, steps: int = CALIBRATION_STEPS) -> Timings:
+    """Time real steps, a partial validation and a checkpoint save; leave the model and RNG
+    states as they were. The caller rebuilds the optimizer, scheduler, scaler, EMA and
+    augmentation generator (`_build_optimisation`), which these steps moved on.
+    Under DDP every rank takes part in the steps, rank 0's timings are broadcast."""
+    from kit.train.dataset import TileDataset, tile_loader
+    from kit.train.sampler import epoch_tiles
+
+    tr, t = trainer, trainer.config.train
+    cuda = tr.device.type == "cuda"
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize(tr.device)
+        return time.perf_counter()
+
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in tr.model.state_dict().items()}
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
+           torch.cuda.get_rng_state(tr.device) if cuda else None)  # fmt: skip
+    per_step = tr._tiles_per_step()
+    tiles = epoch_tiles(
+        tr.candidates, epoch=0, seed=t.seed, ink_fraction=t.ink_fraction,
+        jitter=t.jitter and tr.cache is None, count=steps * per_step * tr.info.world_size,
+    )  # fmt: skip
+    tiles = ddp.shard(tiles, tr.info)
+    dataset = TileDataset(
+        tr.data.train, tr.data.train_labels, tr.stats, tiles, tr.config.data,
+        skip_image=tr._cached_tiles(tiles),
+    )  # fmt: skip
+    loader = tile_loader(dataset, batch_size=per_step, num_workers=t.num_workers, device=tr.device)
+    start = now()
+    batches = iter(loader)
+    batch = next(batches)
+    first_batch = now() - start
+    tr._step(batch)  # warm-up
+    durations, mark = [], now()
+    for batch in batches:
+        tr._step(batch)
+        durations.append(now() - mark)
+        mark = now()
+    step = float(np.mean(durations)) if durations else now() - start
+    validation = save = 0.0
+    if tr.info.is_main:
+        validation = _validation_seconds(tr)
+        save = _save_seconds(tr)
+    tr.model.load_state_dict(weights)
+    torch.set_rng_state(rng[0])
+    np.random.set_state(rng[1])
+    random.setstate(rng[2])
+    if cuda:
+        torch.cuda.set_rng_state(rng[3], tr.device)
+    if tr.cache is not None:  # the run encodes its tiles itself, as an unbudgeted one would
+        tr.cache.clear()
+        tr.cache.hits = tr.cache.misses = 0
+    if t.checkpoint_every > 0:
+        step += save / t.checkpoint_every
+    measured = [time.monotonic() - tr.started, step, validation + save, first_batch + save]
+    return Timings(*ddp.broadcast_floats(tr.info, measured))
+
+
+def _validation_seconds(tr) -> float:
+    """One validation's cost, estimated on rank 0 without writing anything: the per-tile cost
+    of a stitched prediction over at least `infer.batch_size` tiles of the largest held-out
+    region (after a warm-up prediction), times the held-out tiles; plus the per-region
+    normalisation statistics, the labels and threshold search, as `_validate` does them."""
+    from kit.data.preprocess import fragment_stats
+    from kit.infer.stitch import plan_tiles, predict_fragment
+    from kit.metrics import best_threshold
+
+    config, device = tr.config, str(tr.device)
+    model = tr._inference_model()
+    regions = [
+        (f, r) for f, ranges in zip(tr.data.val, tr.data.val_rows, strict=True) for r in ranges
+    ]
+    counts = [plan_tiles(config, f, r).n_tiles for f, r in regions]
+    if not sum(counts):
+        return 0.0
+    fragment, (r0, r1) = regions[int(np.argmax(counts))]
+    stride = config.infer.stride or config.data.stride
+    wanted = max(1, config.infer.batch_size)
+    end = min(r1, r0 + config.data.tile)
+    while end < r1 and plan_tiles(config, fragment, (r0, end)).n_tiles < wanted:
+        end = min(r1, end + stride)
+    probe = plan_tiles(config, fragment, (r0, end)).n_tiles
+    first = min(r1, r0 + config.data.tile)
+    predict_fragment(model, config, fragment, rows=(r0, first), device=device, progress=False)
+    stats = {}
+    for f, _ in regions:
+        if f.id not in stats:
+            begin = time.perf_counter()
+            fragment_stats(f, config.data)
+            stats[f.id] = time.perf_counter() - begin
+    begin = time.perf_counter()
+    predict_fragment(model, config, fragment, rows=(r0, end), device=device, progress=False)
+    per_tile = max(time.perf_counter() - begin - stats[fragment.id], 0.0) / max(probe, 1)
+    begin = time.perf_counter()
+    probs, targets = [], []
+    for f, ranges in zip(tr.data.val, tr.data.val_rows, strict=True):
+        keep = np.zeros(f.shape[0], dtype=bool)
+        for a, b in ranges:
+            keep[a:b] = True
+        inside = f.mask() & keep[:, None]
+        targets.append(f.labels()[inside])
+        probs.append(np.zeros(f.shape, dtype=np.uint8)[inside])
+    best_threshold(np.concatenate(probs), np.concatenate(targets))
+    scoring = time.perf_counter() - begin
+    return per_tile * sum(counts) + sum(stats[f.id] for f, _ in regions) + scoring
+
+
+def _save_seconds(tr) -> float:
+    """Seconds one last.pt save takes (written to a scratch file in the run's checkpoints/)."""
+    last = tr.last_path
+    scratch = last.with_name(".budget-calibration.pt")
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    tr.last_path = scratch
+    try:
+        begin = time.perf_counter()
+        tr._save_last()
+        return time.perf_counter() - begin
+    finally:
+        tr.last_path = last
+        scratch.unlink(missing_ok=True)
