@@ -58,7 +58,8 @@ class DataConfig:
             value = getattr(self, key)
             if isinstance(value, str) and value != "auto":
                 raise ConfigError(f"data.{key}: expected a number or 'auto', got {value!r}")
-        if not self.unresolved and self.input_mode == "volume" and self.z_end <= self.z_start:
+        bounds = (self.z_start, self.z_end)
+        if "auto" not in bounds and self.input_mode == "volume" and self.z_end <= self.z_start:
             raise ConfigError(f"data.z_end={self.z_end} must be above data.z_start={self.z_start}")
 
 
@@ -81,8 +82,15 @@ class ModelConfig:
     point_sampling: str = "labels"  # prompt == "points": "labels", "grid" or "error"
     rel_pos_resize: str = "interpolate"  # Meta rel_pos 127 -> 2*tokens-1: "interpolate" or "crop"
     # SAM: > 0 sets the adapter's image to 0.5 + input_gain·(image − tile mean) before SAM's pixel
-    # normalisation (from-scratch models on faint volume contrast); 0 = off (pretrained SAM)
-    input_gain: float = 0.0
+    # normalisation (from-scratch models on faint volume contrast); 0 = off (pretrained SAM);
+    # "auto": measured on training tiles when a run starts (kit.data.probe.tile_contrast)
+    input_gain: float | str = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.input_gain, str) and self.input_gain != "auto":
+            raise ConfigError(
+                f"model.input_gain: expected a number or 'auto', got {self.input_gain!r}"
+            )
 
 
 @dataclass
@@ -178,6 +186,12 @@ class Config:
 
 class ConfigError(KitError, ValueError):
     """A preset, YAML file or override that does not fit the schema."""
+
+
+def unresolved(config: Config) -> list[str]:
+    """The fields still "auto" (resolved from the data when a run starts)."""
+    names = [f"data.{k}" for k in config.data.unresolved]
+    return names + (["model.input_gain"] if config.model.input_gain == "auto" else [])
 
 
 def preset_names() -> list[str]:

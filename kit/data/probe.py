@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import torch
 
-from kit.config import Config
+from kit.config import Config, DataConfig
 from kit.data.fragment import Fragment
 
 BAND_ROWS = 16  # rows read together (and high-passed together)
@@ -128,15 +129,12 @@ def recommend_window(signal) -> tuple[int, int]:
         lo -= 1
     while hi < n - 1 and s[hi + 1] >= WINDOW_LEVEL * s[peak]:
         hi += 1
-    lo, hi = lo - WINDOW_MARGIN, hi + 1 + WINDOW_MARGIN
-    while hi - lo < MIN_WINDOW:
-        lo, hi = lo - 1, hi + 1
-    if hi - lo > MAX_WINDOW:  # keep the heavier side of the peak
-        lo = max(lo, min(peak - MAX_WINDOW // 2, hi - MAX_WINDOW))
+    lo, hi = max(lo - WINDOW_MARGIN, 0), min(hi + 1 + WINDOW_MARGIN, n)
+    while hi - lo < min(MIN_WINDOW, n):  # widen on whichever side still has slices
+        lo, hi = (lo - 1, hi) if hi == n or (lo > 0 and peak - lo < hi - peak) else (lo, hi + 1)
+    if hi - lo > MAX_WINDOW:  # centred on the peak, inside the volume
+        lo = min(max(peak - MAX_WINDOW // 2, lo), hi - MAX_WINDOW)
         hi = lo + MAX_WINDOW
-    lo, hi = max(lo, 0), min(hi, n)
-    if hi - lo < min(MIN_WINDOW, n):  # clipped at an end of the volume
-        lo, hi = (0, min(MIN_WINDOW, n)) if lo == 0 else (max(n - MIN_WINDOW, 0), n)
     return int(lo), int(hi)
 
 
@@ -224,6 +222,54 @@ def resolve_auto(config: Config, probe: DatasetProbe) -> Config:
     resolved = {"z_start": lo, "z_end": hi, "reverse": probe.reverse}
     data = dataclasses.replace(d, **{k: resolved[k] for k in d.unresolved})
     return dataclasses.replace(config, data=data)
+
+
+# What model.input_gain "auto" scales the tile-centred channel mean to (its standard deviation,
+# in the [0, 1] frame): a from-scratch ViT learns on a signal of about SAM's pixel spread.
+TILE_CONTRAST = 3.0
+
+
+def tile_contrast(
+    fragments: list[Fragment],
+    rows: list[list[tuple[int, int]]],
+    data: DataConfig,
+    *,
+    tiles_per_fragment: int = 32,
+    seed: int = 0,
+) -> float:
+    """Median standard deviation of the normalised, channel-averaged, tile-centred image over
+    tiles (data.tile, ≥ 90 % papyrus) inside `rows`: the contrast the model's input carries."""
+    from kit.data.preprocess import fragment_stats, normalize, read_window
+
+    rng = np.random.default_rng(seed)
+    t, values = data.tile, []
+    for fragment, ranges in zip(fragments, rows, strict=True):
+        stats = fragment_stats(fragment, data).as_tensor()[None]
+        mask, (_, width) = fragment.mask(), fragment.shape
+        for _ in range(tiles_per_fragment * 8):  # tries; most land inside for real outlines
+            r0, r1 = ranges[rng.integers(len(ranges))]
+            if r1 - r0 < t or width < t:
+                continue
+            y, x = int(rng.integers(r0, r1 - t + 1)), int(rng.integers(0, width - t + 1))
+            if mask[y : y + t, x : x + t].mean() < 0.9:
+                continue
+            raw = torch.from_numpy(read_window(fragment, data, y, x, t, t).astype(np.int32))
+            image = normalize(raw[None], stats, data).mean(1)
+            values.append(float((image - image.mean()).std()))
+            if len(values) % tiles_per_fragment == 0:
+                break
+    if not values:
+        raise ValueError(f"no {t}-px tile with 90 % papyrus in the training rows")
+    return float(np.median(values))
+
+
+def resolve_input_gain(config: Config, contrast: float) -> Config:
+    """`config` with model.input_gain "auto" set so the measured `contrast` becomes
+    TILE_CONTRAST."""
+    if config.model.input_gain != "auto":
+        return config
+    gain = round(TILE_CONTRAST / max(contrast, 1e-6), 2)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, input_gain=gain))
 
 
 def describe(probe: DatasetProbe) -> str:

@@ -126,6 +126,13 @@ MODEL_FAMILIES: dict[str, Callable[[Config], nn.Module]] = {"sam": _build_sam, "
 
 def build_model(config: Config) -> nn.Module:
     """The model `config.model` describes, for `config.data.in_channels` and `config.data.tile`."""
+    from kit.config import ConfigError, unresolved
+
+    if unresolved(config):
+        raise ConfigError(
+            f"{', '.join(unresolved(config))} = 'auto' must be resolved from the data first "
+            "(kit train does it; see kit.data.probe.resolve_auto)"
+        )
     _check(config.model.family, list(MODEL_FAMILIES), "model.family")
     _check(config.model.train_mode, TRAIN_MODES, "model.train_mode")
     return MODEL_FAMILIES[config.model.family](config)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from kit.augment import augment_batch
 from kit.checkpoint import load_checkpoint, save_checkpoint
-from kit.config import Config, config_from_dict, config_to_dict, save_config
+from kit.config import Config, config_from_dict, config_to_dict, save_config, unresolved
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize
 from kit.errors import KitError
@@ -216,6 +216,8 @@ class _Trainer:
         self.started = started  # time.monotonic() when the job began (train.budget_minutes)
         self.budget: dict | None = None  # the budget calibration's record (run.json)
         self.writer = None
+        self.data: FoldData | None = None
+        self.probe: dict | None = None  # the window the run's "auto" data fields came from
         self.out, self.max_steps, self.resume, self.log_images = out, max_steps, resume, log_images
         self.info, self.device, self.progress = info, device, progress
         self.last_path = out / "checkpoints" / "last.pt"
@@ -232,6 +234,8 @@ class _Trainer:
             return self._summary(
                 state["step"], state.get("best_score"), state.get("best_threshold"), True
             )
+        if unresolved(self.config):  # before resuming: the resolved config is the run's
+            self._resolve_auto()
         if self.last_path.is_file() and not self.resume:
             raise KitError(
                 f"{self.last_path} holds an unfinished run; add --resume to continue it, "
@@ -249,6 +253,30 @@ class _Trainer:
         return self._summary(
             self.state.step, self.state.best_score, self.state.best_threshold, True
         )
+
+    def _resolve_auto(self) -> None:
+        """Resolve every "auto" field from this fold's training rows only (held-out labels never
+        choose the window): data.z_start/z_end/reverse by the probe, then model.input_gain from
+        the contrast of tiles in that window."""
+        from kit.data import probe as p
+
+        self.data = load_fold_data(self.data_dir, self.fold, self.folds_csv, progress=self.progress)
+        fd, record = self.data, {}
+        if self.config.data.unresolved:
+            probe = p.probe_fragments(fd.train, fd.train_labels, fd.train_rows)
+            self.config = p.resolve_auto(self.config, probe)
+            d = self.config.data
+            record = {"window": list(probe.window), "reverse": probe.reverse, "notes": probe.notes}
+            self._say(f"probe (training rows of fold {self.fold}): {p.describe(probe)}; "
+                      f"data.z_start={d.z_start} z_end={d.z_end} reverse={d.reverse}")  # fmt: skip
+        if self.config.model.input_gain == "auto":
+            contrast = p.tile_contrast(fd.train, fd.train_rows, self.config.data)
+            self.config = p.resolve_input_gain(self.config, contrast)
+            record["tile_contrast"] = contrast
+            self._say(
+                f"tile contrast {contrast:.4f}: model.input_gain={self.config.model.input_gain}"
+            )
+        self.probe = record
 
     def _check_resumable(self, saved: dict) -> None:
         ours, theirs = config_to_dict(self.config), saved["config"]
@@ -277,7 +305,10 @@ class _Trainer:
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed)
-        self.data = load_fold_data(self.data_dir, self.fold, self.folds_csv, progress=self.progress)
+        if self.data is None:
+            self.data = load_fold_data(
+                self.data_dir, self.fold, self.folds_csv, progress=self.progress
+            )
         self.stats = torch.stack(
             [fragment_stats(f, config.data).as_tensor() for f in self.data.train]
         )
@@ -346,6 +377,8 @@ class _Trainer:
                 budget = json.loads((self.out / "run.json").read_text()).get("budget")
         if budget is not None:
             run["budget"] = budget
+        if self.probe is not None:
+            run["probe"] = self.probe
         (self.out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         with open(self.out / "oof" / "regions.csv", "w", newline="") as f:
             w = csv.writer(f)
