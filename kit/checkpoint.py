@@ -77,3 +77,43 @@ def model_from_checkpoint(
             f"{path}: weights do not fit the model its config builds: {exc}"
         ) from exc
     return model.to(map_location).eval(), config
+
+
+def run_checkpoint(path: str | os.PathLike) -> Path:
+    """A run directory's best.pt (else last.pt), or the checkpoint file itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CheckpointError(f"{path} holds no checkpoints/best.pt or last.pt: is it a run?")
+    return path
+
+
+def init_from(model: torch.nn.Module, config: Config, source: str | os.PathLike) -> dict:
+    """Copy into `model` every tensor of `source` (a run directory or checkpoint) whose name and
+    shape match; the rest keep their initialisation. A checkpoint of another model family is
+    refused. Returns {"checkpoint", "loaded": n, "skipped": [names with the reason]}."""
+    path = run_checkpoint(source)
+    state = load_checkpoint(path)
+    theirs = checkpoint_config(state, path).model
+    if (theirs.family, theirs.variant) != (config.model.family, config.model.variant):
+        raise CheckpointError(
+            f"--init-from {path} is a {theirs.family} {theirs.variant} model, this run builds "
+            f"{config.model.family} {config.model.variant}: initialise from a run of the same "
+            "model.family and model.variant"
+        )
+    ours = model.state_dict()
+    weights, skipped = {}, []
+    for name, tensor in state["model"].items():
+        if name not in ours:
+            skipped.append(f"{name} (not in this model)")
+        elif ours[name].shape != tensor.shape:
+            skipped.append(f"{name} ({tuple(tensor.shape)} there, {tuple(ours[name].shape)} here)")
+        else:
+            weights[name] = tensor
+    skipped += [f"{name} (not in the checkpoint)" for name in ours if name not in state["model"]]
+    if not weights:
+        raise CheckpointError(f"--init-from {path}: no tensor of it fits this model")
+    model.load_state_dict(weights, strict=False)  # the names left out are listed in `skipped`
+    return {"checkpoint": str(path), "loaded": len(weights), "skipped": skipped}

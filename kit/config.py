@@ -78,6 +78,9 @@ class ModelConfig:
     layer_decay: float = 1.0  # layer-wise LR decay for full fine-tuning (1.0 = off)
     grad_checkpointing: bool = False
     pretrained: str | None = None  # local path to weights (Meta SAM checkpoint or timm weights)
+    # a run directory (or checkpoint) of the same family/variant to start from: every tensor
+    # whose name and shape match is copied (e.g. an infrared warm-up run); the rest are named
+    init_from: str | None = None
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     point_sampling: str = "labels"  # prompt == "points": "labels", "grid" or "error"
     rel_pos_resize: str = "interpolate"  # Meta rel_pos 127 -> 2*tokens-1: "interpolate" or "crop"

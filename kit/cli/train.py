@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", default="folds.csv",
                    help="folds CSV (default: ./folds.csv, else DATA/folds.csv)")  # fmt: skip
     p.add_argument("--sam-checkpoint", default=None, help="Meta SAM checkpoint to start from")
+    p.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                   help="start from a run of the same model (its best.pt): tensors whose name "
+                        "and shape match are copied, the rest named (e.g. an infrared warm-up)")  # fmt: skip
     p.add_argument("--out", default=None, help="run directory (default runs/<config>/fold<K>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")  # fmt: skip
@@ -56,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(
             config, [f"model.pretrained={Path(args.sam_checkpoint).resolve()}"]
         )
+    if args.init_from:
+        from kit.checkpoint import run_checkpoint
+
+        source = run_checkpoint(args.init_from)
+        if not source.is_file():
+            raise KitError(f"--init-from {args.init_from}: {source} does not exist")
+        config = apply_overrides(config, [f"model.init_from={source.resolve()}"])
     folds = Path(args.folds)
     if not folds.is_file() and args.folds == "folds.csv" and (data / "folds.csv").is_file():
         folds = data / "folds.csv"

@@ -211,13 +211,15 @@ class _Trainer:
     """The state of one training run; `run()` is the whole job."""
 
     def __init__(self, config: Config, *, data_dir, fold, folds_csv, out, max_steps, resume,
-                 log_images, info, device, progress, started):  # fmt: skip
+                 log_images, info, device, progress, started=None):  # fmt: skip
         self.config, self.data_dir, self.fold, self.folds_csv = config, data_dir, fold, folds_csv
-        self.started = started  # time.monotonic() when the job began (train.budget_minutes)
+        # time.monotonic() when the job began (train.budget_minutes); default: now
+        self.started = time.monotonic() if started is None else started
         self.budget: dict | None = None  # the budget calibration's record (run.json)
         self.writer = None
         self.data: FoldData | None = None
         self.probe: dict | None = None  # the window the run's "auto" data fields came from
+        self.init_record: dict | None = None  # what model.init_from loaded and skipped
         self.out, self.max_steps, self.resume, self.log_images = out, max_steps, resume, log_images
         self.info, self.device, self.progress = info, device, progress
         self.last_path = out / "checkpoints" / "last.pt"
@@ -318,6 +320,13 @@ class _Trainer:
         model = build_model(config)
         if config.model.pretrained and saved is None:
             load_pretrained(model, config)
+        if config.model.init_from and saved is None:
+            from kit.checkpoint import init_from
+
+            self.init_record = init_from(model, config, config.model.init_from)
+            r = self.init_record
+            skipped = "; ".join(r["skipped"]) or "none"
+            self._say(f"init from {r['checkpoint']}: {r['loaded']} tensors; skipped: {skipped}")
         self.model = model.to(self.device)
         self.cache = self._make_cache()
         self._build_optimisation()
@@ -379,6 +388,8 @@ class _Trainer:
             run["budget"] = budget
         if self.probe is not None:
             run["probe"] = self.probe
+        if self.init_record is not None:
+            run["init_from"] = self.init_record
         (self.out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         with open(self.out / "oof" / "regions.csv", "w", newline="") as f:
             w = csv.writer(f)
