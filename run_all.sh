@@ -65,6 +65,16 @@ fi
 FOLD_IDS=$("$PY" -c "import sys; from kit.data.folds import load_folds; print(' '.join(map(str, sorted({r.fold for r in load_folds(sys.argv[1])}))))" "$FOLDS")
 IFS=',' read -r -a MEMBERS <<<"$CONFIG"
 
+# Where the ink is: the window every "auto" preset trains on (each fold probes its own
+# training rows again, so held-out labels never choose its window; this is the overview).
+step "probe ($OUT_DIR/probe)"
+if [ -f "$OUT_DIR/probe/probe.json" ] && [ "$(cat "$OUT_DIR/probe/data" 2>/dev/null)" = "$DATA_DIR" ]; then
+  echo "exists, kept: $("$PY" -c "import json, sys; w = json.load(open(sys.argv[1]))['window']; print(f'ink window slices {w[0]}..{w[1] - 1}')" "$OUT_DIR/probe/probe.json")"
+else
+  "$PY" -m kit probe --data "$DATA_DIR" --out "$OUT_DIR/probe"
+  echo "$DATA_DIR" >"$OUT_DIR/probe/data"
+fi
+
 RUNS=()
 for config in "${MEMBERS[@]}"; do
   name=$(basename "${config%.y*ml}")
