@@ -11,8 +11,8 @@ label stays a {0, 1} map exactly aligned with what the model sees. Intensity tra
 image only. The `random_*` steps write into the tensors they are given (and return them);
 `augment_batch` copies its inputs once, so callers' tensors are never modified.
 
-Parameters are drawn here rather than by `kornia.augmentation`, because kornia draws from the
-global RNG and cannot take a generator; the warps themselves are plain `affine_grid`/`grid_sample`.
+Parameters are drawn here rather than by an augmentation library (kornia, for one, draws from the
+global RNG and cannot take a generator); the warps are plain `affine_grid`/`grid_sample`.
 """
 
 from __future__ import annotations
