@@ -41,7 +41,7 @@ class DataConfig:
     def in_channels(self) -> int:
         if self.input_mode == "ir":
             return 1
-        if self.unresolved:
+        if "auto" in (self.z_start, self.z_end):
             raise ConfigError(
                 f"data.z_start={self.z_start!r}, data.z_end={self.z_end!r} are not resolved yet: "
                 "'auto' is resolved by kit train from the training fragments (kit probe)"

@@ -105,6 +105,8 @@ def test_auto_fields_resolve_from_the_probe_and_fixed_ones_stay():
     resolved = resolve_auto(config, _dataset_probe((30, 42), reverse=True))
     assert (resolved.data.z_start, resolved.data.z_end, resolved.data.reverse) == (30, 42, True)
     assert resolved.data.in_channels == 12 and not unresolved(resolved)
+    fixed_window = load_config("cpu-demo-unet", ["data.z_start=30", "data.z_end=40"])
+    assert fixed_window.data.in_channels == 10  # only data.reverse is left to the probe
     fixed = load_config("cpu-demo-unet", ["data.z_start=20", "data.reverse=false"])
     fixed = resolve_auto(fixed, _dataset_probe((30, 42), reverse=True))
     assert (fixed.data.z_start, fixed.data.z_end, fixed.data.reverse) == (20, 32, False)
