@@ -28,7 +28,7 @@ import torch
 from kit.config import Config, DataConfig
 from kit.data.fragment import Fragment
 
-BAND_ROWS = 16  # rows read together (and high-passed together)
+BAND_ROWS = 16  # rows read together (all slices of them)
 MAX_BANDS = 32  # per fragment: bounds the read to 512 rows whatever the fragment's height
 BLOCK = 8  # pixels per side of the blocks whose profiles locate the surface
 MIN_WINDOW = 8  # slices; a window narrower than this gives the model no depth context
