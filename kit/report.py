@@ -25,9 +25,10 @@ import pandas as pd
 def summary_lines(evaluation: dict, runs: list[str], seconds: float | None) -> list[str]:
     """What run_all prints and the report's first block shows."""
     from kit.evaluate import format_table
+    from kit.run import RunDir
     from kit.weights import describe_weights
 
-    members = sorted({Path(r).parent.name for r in runs})
+    members = sorted({str(RunDir(r).member()) for r in runs})
     lines = [f"ensemble members: {', '.join(members)} ({len(runs)} runs)"]
     if evaluation:
         lines += ["out-of-fold F0.5 (per fold at the pooled threshold):", format_table(evaluation)]
@@ -65,7 +66,9 @@ def write_report(out_dir: Path, runs: list[str], summary: list[str]) -> Path:
 
 
 def _training_curves(run: Path, report: Path) -> Path | None:
-    csv = run / "metrics.csv"
+    from kit.run import RunDir
+
+    csv = RunDir(run).metrics_csv
     if not csv.is_file():
         return None
     frame = pd.read_csv(csv)
@@ -115,8 +118,10 @@ def _gallery(title: str, names: list[str]) -> str:
 
 
 def _config_block(run: Path) -> str:
-    config = run / "config.yaml"
-    text = config.read_text() if config.is_file() else "(no config.yaml)"
+    from kit.run import RunDir
+
+    config = RunDir(run).config_yaml
+    text = config.read_text() if config.is_file() else f"(no {config.name})"
     return f"<details><summary>{html.escape(os.fspath(run))}</summary><pre>{html.escape(text)}</pre></details>"
 
 

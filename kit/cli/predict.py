@@ -35,7 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
@@ -49,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from kit.io import write_png
     from kit.pictures import probability_preview
+    from kit.run import PredictionDir
 
-    out = Path(args.out)
+    out = PredictionDir(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     members = resolve_members(args.runs, args.weights)
     if args.evaluation is not None:
@@ -65,40 +65,44 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "data": str(Path(args.data).resolve()),
         "members": [
-            {"checkpoint": str(m.checkpoint.resolve()), "weight": m.weight, "name": m.name}
+            {
+                "checkpoint": str(m.checkpoint.resolve()),
+                "weight": m.weight,
+                "name": m.name,
+                "member": m.member,
+            }
             for m in members
         ],
         "overrides": list(args.set),
     }
-    stale = _stale(out / "predict.json", record)
-    todo = [f for f in fragments if args.overwrite or stale or not (out / f"{f.id}.png").exists()]
+    stale = _stale(out, record)
+    todo = [f for f in fragments if args.overwrite or stale or not out.map(f.id).exists()]
     for f in fragments:
         if f not in todo:
-            print(f"{out / f'{f.id}.png'} exists (same members): skipped; --overwrite redoes it")
+            print(f"{out.map(f.id)} exists (same members): skipped; --overwrite redoes it")
     if not todo:
         return 0
     loaded = load_members(members, overrides=args.set, device=device)
     for m in members:
         print(f"member {m.name}: {m.checkpoint} (weight {m.weight:g})")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "predict.json").write_text(json.dumps(record, indent=2) + "\n")
+    out.write_record(record)
     for fragment in todo:
         prob = predict_ensemble(loaded, fragment, device=device, progress=not args.no_progress)
-        write_png(out / f"{fragment.id}.png", prob)
-        write_png(out / "preview" / f"{fragment.id}.png", probability_preview(prob))
+        write_png(out.map(fragment.id), prob)
+        write_png(out.preview(fragment.id), probability_preview(prob))
         inside = prob[fragment.mask()]
-        print(f"{out / f'{fragment.id}.png'}: {fragment.shape[0]}×{fragment.shape[1]}, "
+        print(f"{out.map(fragment.id)}: {fragment.shape[0]}×{fragment.shape[1]}, "
               f"mean probability in mask {inside.mean() / 255:.3f}")  # fmt: skip
     return 0
 
 
-def _stale(path, record: dict) -> bool:
+def _stale(out, record: dict) -> bool:
     """True when the directory was written by other members/data (its PNGs must be redone)."""
-    import json
+    from kit.errors import KitError
 
-    if not path.exists():
+    if not out.predict_json.exists():
         return False
     try:
-        return json.loads(path.read_text()) != record
-    except ValueError:
+        return out.record() != record
+    except KitError:  # unreadable: redo
         return True

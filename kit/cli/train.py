@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kit.config import apply_overrides, load_config
     from kit.errors import KitError
+    from kit.run import default_run_dir
     from kit.train.loop import train_fold
 
     data = Path(args.data)
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, [f"train.budget_minutes={args.budget}"])
     if args.max_steps is not None and args.max_steps < 1:
         raise KitError(f"--max-steps must be at least 1, got {args.max_steps}")
-    out = Path(args.out) if args.out else Path("runs") / config.name / f"fold{args.fold}"
+    out = Path(args.out) if args.out else default_run_dir(config.name, args.fold)
     summary = train_fold(
         config, data_dir=data, fold=args.fold, folds_csv=folds, out=out,
         max_steps=args.max_steps, resume=args.resume, log_images=args.log_images,
