@@ -311,7 +311,10 @@ def check_config(config: Config, source: str = "config") -> None:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    """config.yaml, atomically."""
+    from kit.io import write_text
+
+    write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:

@@ -8,9 +8,11 @@ prediction maps, predict.json, evaluation.json, submission.csv) is whole or abse
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,35 @@ def write_torch(path: str | os.PathLike, obj) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable) -> None:
+    """A CSV with `header` and `rows` (iterables of values), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_figure(path: str | os.PathLike, fig, **savefig) -> None:
+    """Save a matplotlib figure (format from the suffix) atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **savefig)
+    finally:
+        plt.close(fig)
+
+
+def write_tiff(path: str | os.PathLike, image: np.ndarray, **options) -> None:
+    """tifffile.imwrite, atomically (options pass through, e.g. photometric)."""
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, image, **options)
+
+
+def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)

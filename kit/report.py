@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import os
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+
+from kit.io import copy_file, write_figure, write_text
 
 
 def summary_lines(evaluation: dict, runs: list[str], seconds: float | None) -> list[str]:
@@ -45,7 +46,6 @@ def summary_lines(evaluation: dict, runs: list[str], seconds: float | None) -> l
 def write_report(out_dir: Path, runs: list[str], summary: list[str]) -> Path:
     """Write OUT_DIR/report/index.html from the pipeline's outputs; returns its path."""
     report = out_dir / "report"
-    report.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>inkkit report</h1><pre>{html.escape(chr(10).join(summary))}</pre>"]
     parts.append(
         _gallery(
@@ -61,7 +61,7 @@ def write_report(out_dir: Path, runs: list[str], summary: list[str]) -> Path:
     parts.append(_gallery("Training curves", [c.name for c in curves]))
     parts.append("<h2>Members</h2>" + "".join(_config_block(Path(run)) for run in runs))
     page = report / "index.html"
-    page.write_text(_PAGE.format(body="\n".join(parts)))
+    write_text(page, _PAGE.format(body="\n".join(parts)))
     return page
 
 
@@ -93,8 +93,7 @@ def _training_curves(run: Path, report: Path) -> Path | None:
     fig.suptitle(f"{run.parent.name} / {run.name}", fontsize=10)
     fig.tight_layout()
     path = report / f"curves_{run.parent.name}_{run.name}.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    write_figure(path, fig, dpi=80)
     return path
 
 
@@ -102,7 +101,7 @@ def _copy(pictures: list[Path], report: Path, prefix: str) -> list[str]:
     names = []
     for picture in pictures:
         name = f"{prefix}_{picture.name}"
-        shutil.copyfile(picture, report / name)
+        copy_file(picture, report / name)
         names.append(name)
     return names
 

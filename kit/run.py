@@ -29,7 +29,7 @@ import numpy as np
 
 from kit.config import Config
 from kit.errors import KitError
-from kit.io import read_json, write_json, write_png, write_text
+from kit.io import read_json, write_json, write_png
 
 
 @dataclass(frozen=True)
@@ -165,13 +165,11 @@ class RunDir:
     # -- writing (atomic) ----------------------------------------------------------------------
     def start(self, config: Config, record: dict, regions: list) -> None:
         """The files a run writes before its first step: config.yaml, run.json, regions.csv."""
-        import yaml
-
-        from kit.config import config_to_dict
+        from kit.config import save_config
         from kit.data.folds import write_folds
 
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        write_text(self.config_yaml, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        save_config(config, self.config_yaml)
         write_json(self.run_json, record)
         write_folds(regions, self.regions_csv)
 
