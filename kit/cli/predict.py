@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="evaluation.json of `evaluate --tune-weights`: use its tuned weights",
     )
-    p.add_argument("--set", nargs="*", default=[], metavar="infer.KEY=VALUE",
-                   help="inference overrides for every member, e.g. infer.tta=[identity,hflip]")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
+                   help="an inference override for every member, e.g. infer.tta=[identity,hflip] "
+                        "(repeatable)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if present)")
     p.add_argument("--overwrite", action="store_true", help="redo fragments already predicted")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from kit.config import preset_names
+
 HELP = "fine-tune one fold; writes a run directory"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset directory (with train/)")
     p.add_argument("--fold", type=int, required=True, help="fold to hold out (folds CSV)")
-    p.add_argument("--config", default="cpu-demo", help="preset name or YAML path")
+    p.add_argument("--config", default="cpu-demo",
+                   help=f"preset name ({', '.join(preset_names())}) or YAML path")  # fmt: skip
     p.add_argument("--folds", default="folds.csv",
                    help="folds CSV (default: ./folds.csv, else DATA/folds.csv)")  # fmt: skip
     p.add_argument("--sam-checkpoint", default=None, help="Meta SAM checkpoint to start from")

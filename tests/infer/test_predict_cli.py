@@ -219,3 +219,24 @@ def test_rerun_redoes_what_a_retrained_checkpoint_or_a_changed_fragment_made(
     assert _predict(argv) == 0
     assert (out / "a.png").stat().st_mtime_ns != stamps["a"]
     assert (out / "b.png").stat().st_mtime_ns == stamps["b"]
+
+
+def test_repeated_set_options_all_apply():
+    from kit.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "predict",
+            "--data",
+            "d",
+            "--runs",
+            "r",
+            "--out",
+            "o",
+            "--set",
+            "infer.tta=[hflip]",
+            "--set",
+            "infer.batch_size=2",
+        ]  # fmt: skip
+    )
+    assert args.set == ["infer.tta=[hflip]", "infer.batch_size=2"]  # nargs="*" kept only the last
