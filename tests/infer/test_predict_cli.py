@@ -237,6 +237,6 @@ def test_repeated_set_options_all_apply():
             "infer.tta=[hflip]",
             "--set",
             "infer.batch_size=2",
-        ]  # fmt: skip
+        ]
     )
     assert args.set == ["infer.tta=[hflip]", "infer.batch_size=2"]  # nargs="*" kept only the last
