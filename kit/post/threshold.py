@@ -86,7 +86,9 @@ def decide_threshold(
     if value is None or min_area is None:
         posts, why_none = _member_posts(pred)
     if value is None:
+        searched = source
         kind, value, source = _post_threshold(posts, why_none)
+        source = f"{source}; {searched}"
     if min_area is None:
         min_area, min_area_source = _post_min_area(posts, why_none)
     else:
@@ -117,19 +119,27 @@ def member_checkpoints(pred: Path) -> list[Path]:
 
 def evaluation_candidates(pred: Path | None, checkpoints: list[Path]) -> list[Path]:
     """Where evaluation.json may be, in search order (see the module doc)."""
-    bases = []
-    if pred is not None:
-        bases += [pred.resolve(), pred.resolve().parent]
-    if checkpoints:
-        runs = Path(os.path.commonpath([str(_run_home(c)) for c in checkpoints]))
-        bases += [runs, runs.parent]
-    bases = list(dict.fromkeys(bases))
-    return [p for b in bases for p in (b / "evaluation.json", b / "evaluation" / "evaluation.json")]
+    return [
+        p
+        for b in _search_folders(pred, checkpoints)
+        for p in (b / "evaluation.json", b / "evaluation" / "evaluation.json")
+    ]
 
 
 def find_evaluation(pred: Path | None, checkpoints: list[Path]) -> Path | None:
     """The first existing evaluation_candidates(pred, checkpoints), else None."""
     return next((p for p in evaluation_candidates(pred, checkpoints) if p.is_file()), None)
+
+
+def _search_folders(pred: Path | None, checkpoints: list[Path]) -> list[Path]:
+    """PRED, PRED/.., RUNS, RUNS/.. (absolute, without repeats)."""
+    folders = []
+    if pred is not None:
+        folders += [pred.resolve(), pred.resolve().parent]
+    if checkpoints:
+        runs = Path(os.path.commonpath([str(_run_home(c)) for c in checkpoints]))
+        folders += [runs, runs.parent]
+    return list(dict.fromkeys(folders))
 
 
 def _run_home(checkpoint: Path) -> Path:
@@ -153,10 +163,8 @@ def _evaluation_threshold(pred: Path, evaluation: Path | None) -> tuple[float | 
         checkpoints = member_checkpoints(pred)
         path, how = find_evaluation(pred, checkpoints), "found beside the predictions or runs"
         if path is None:
-            searched = dict.fromkeys(
-                str(p.parent) for p in evaluation_candidates(pred, checkpoints)
-            )
-            return None, f"no evaluation.json in {', '.join(searched)} or their evaluation/"
+            searched = ", ".join(map(str, _search_folders(pred, checkpoints)))
+            return None, f"no evaluation.json in {searched} or their evaluation/"
     summary = read_json(path)
     if "threshold" not in summary:
         raise KitError(f"{path} has no 'threshold'; rerun `python -m kit evaluate`")

@@ -80,7 +80,9 @@ def test_order_of_sources(layout):
     evaluation.unlink()  # no evaluation.json anywhere: the members' own post: section
     p = decide_threshold(pred)
     assert (p.kind, p.value, p.min_area) == ("fixed", 0.3, 5)
-    assert "post: section of the members' configs" in p.source
+    assert (
+        "post: section of the members' configs" in p.source and "no evaluation.json in" in p.source
+    )
     assert decide_threshold(pred, min_area=2).min_area == 2  # --min-area beats post:
     (pred / "predict.json").write_text(json.dumps({"members": []}))  # no members: defaults
     p = decide_threshold(pred)
