@@ -8,14 +8,14 @@ Each run directory holds oof/<fragment>.png (uint8 probability on its held-out r
 oof/regions.csv (the held-out regions). Runs of the same fold from different model families are
 averaged with the same arithmetic as `predict` (kit.infer.ensemble.mean_maps). Scores come from
 global TP/FP/FN counts: per fold over its regions, pooled over all regions of all folds. Each
-map is reduced to two 256-bin histograms (ink / no ink) of its held-out papyrus pixels, so every
-threshold k/255 is scored at once and pooling is a sum.
+map is reduced to a kit.metrics.LevelHistogram (ink / no ink by 8-bit level) of its held-out
+papyrus pixels, so every threshold k/255 is scored at once and pooling is a sum.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -24,11 +24,8 @@ import numpy as np
 from kit.data.fragment import Fragment
 from kit.errors import KitError
 from kit.infer.ensemble import mean_maps, parse_spec
-from kit.metrics import BETA
+from kit.metrics import THRESHOLDS, LevelHistogram
 from kit.run import RunDir
-
-LEVELS = np.arange(1, 256)  # threshold k/255 for k = 1..255: every distinct 8-bit cut
-THRESHOLDS = LEVELS / 255
 
 
 @dataclass
@@ -42,46 +39,12 @@ class OOFRun:
 
 
 @dataclass
-class Scores:
-    """Histograms of held-out papyrus pixels by 8-bit level: ink (pos) and no ink (neg)."""
-
-    pos: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
-    neg: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
-
-    def add(self, other: Scores) -> None:
-        self.pos += other.pos
-        self.neg += other.neg
-
-    def curve(self) -> np.ndarray:
-        """F0.5 at THRESHOLDS, float64 (255,)."""
-        tp = np.cumsum(self.pos[::-1])[::-1][LEVELS].astype(np.float64)
-        fp = np.cumsum(self.neg[::-1])[::-1][LEVELS].astype(np.float64)
-        fn = self.pos.sum() - tp
-        b2 = BETA * BETA
-        denom = (1 + b2) * tp + b2 * fn + fp
-        return np.divide((1 + b2) * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-
-    def best(self) -> tuple[float, float]:
-        curve = self.curve()
-        i = int(np.argmax(curve))
-        return float(THRESHOLDS[i]), float(curve[i])
-
-    def at(self, threshold: float) -> float:
-        k = int(np.clip(np.ceil(threshold * 255 - 1e-9), 1, 255))
-        return float(self.curve()[k - 1])
-
-
-@dataclass
 class Evaluation:
-    folds: dict[int, dict[str, Scores]]  # fold -> member name or "ensemble" -> scores
+    folds: dict[int, dict[str, LevelHistogram]]  # fold -> member name or "ensemble" -> scores
     members: list[str]
 
-    def pooled(self, name: str) -> Scores:
-        total = Scores()
-        for scores in self.folds.values():
-            if name in scores:
-                total.add(scores[name])
-        return total
+    def pooled(self, name: str) -> LevelHistogram:
+        return LevelHistogram.total(s[name] for s in self.folds.values() if name in s)
 
     def summary(self) -> dict:
         """The content of evaluation.json: thresholds and scores, pooled and per fold."""
@@ -182,23 +145,13 @@ def _read_oof(run: OOFRun, fragment: Fragment) -> np.ndarray:
     return RunDir(run.path).read_oof(fragment.id, fragment.shape, fragment.path)
 
 
-def histograms(prob: np.ndarray, labels: np.ndarray, scored: np.ndarray) -> Scores:
-    """Scores of uint8 prob vs labels (H, W) over the `scored` pixels."""
-    return level_scores(prob[scored], labels[scored] > 0)
-
-
-def level_scores(levels: np.ndarray, ink: np.ndarray) -> Scores:
-    """Scores of uint8 levels (N,) vs bool ink (N,)."""
-    return Scores(np.bincount(levels[ink], minlength=256), np.bincount(levels[~ink], minlength=256))
-
-
 def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
     """Histogram every fold's member and ensemble OOF maps over its held-out papyrus pixels."""
     from tqdm import tqdm
 
     if not runs:
         raise KitError("no run directories to evaluate")
-    folds: dict[int, dict[str, Scores]] = {}
+    folds: dict[int, dict[str, LevelHistogram]] = {}
     members: list[str] = []
     n_items = len({(run.fold, r.fragment) for run in runs for r in run.regions})
     for fold, fragment, scored, maps, ensemble in tqdm(
@@ -211,7 +164,9 @@ def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
             )
         scores = folds.setdefault(fold, {})
         for name, prob in [*maps.items(), ("ensemble", ensemble)]:
-            scores.setdefault(name, Scores()).add(histograms(prob, labels, scored))
+            scores.setdefault(name, LevelHistogram()).add(
+                LevelHistogram.of(prob, labels, mask=scored)
+            )
             if name != "ensemble" and name not in members:
                 members.append(name)
     return Evaluation(folds, members)

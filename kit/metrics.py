@@ -1,15 +1,29 @@
-"""The competition metric: F0.5 from global TP/FP/FN counts, and the threshold sweep.
+"""The competition metric and the threshold sweep: the kit's one scoring core.
+
+    confusion_counts(pred, target, mask=)    -> (tp, fp, fn) of a binary map
+    fbeta / fbeta_from_counts(tp, fp, fn)    -> F0.5 of counts (element-wise / one)
+    LevelHistogram.of(prob, target, mask=)   -> ink / no-ink pixels by 8-bit level: every
+                                                threshold's counts at once; pools by adding
+    threshold_curve / best_threshold         -> F0.5 over THRESHOLDS, and its maximum
+    binarize(prob, threshold)                -> prob >= threshold, exactly as the sweep counts
 
 Counts are taken over every pixel of the stitched map (restricted to `mask` when given), never
-averaged over tiles. The sweep is one histogram pass: probabilities are quantised to 256 levels
-(the 8-bit prediction maps the kit writes), so any number of thresholds costs the same.
+averaged over tiles. Probabilities are quantised to 256 levels (the 8-bit maps the kit writes),
+so the one grid, THRESHOLDS = k/255 for k = 1..255, holds every distinct cut of a map, and any
+number of thresholds costs one histogram pass. Training (best.pt), `evaluate` (evaluation.json)
+and weight tuning all choose their threshold on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
 import numpy as np
 
 BETA = 0.5
+LEVELS = np.arange(1, 256)  # ink iff level >= k: k = 0 (everything) and 256 (nothing) aside
+THRESHOLDS = LEVELS / 255  # the grid: threshold k/255 is the cut at level k
 
 
 def confusion_counts(
@@ -25,16 +39,85 @@ def confusion_counts(
     return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(target)) - tp
 
 
-def fbeta_from_counts(tp: float, fp: float, fn: float, *, beta: float = BETA) -> float:
-    """F-beta = (1+β²)·TP / ((1+β²)·TP + β²·FN + FP); 0 when there is nothing to count."""
+def fbeta(tp, fp, fn, *, beta: float = BETA) -> np.ndarray:
+    """Element-wise F-beta = (1+β²)·TP / ((1+β²)·TP + β²·FN + FP) of count arrays, float64;
+    0 where there is nothing to count."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
     b2 = beta * beta
     denom = (1 + b2) * tp + b2 * fn + fp
-    return float((1 + b2) * tp / denom) if denom > 0 else 0.0
+    return np.divide((1 + b2) * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+
+
+def fbeta_from_counts(tp: float, fp: float, fn: float, *, beta: float = BETA) -> float:
+    """F-beta of one set of counts; 0 when there is nothing to count."""
+    return float(fbeta(tp, fp, fn, beta=beta))
 
 
 def f05_score(pred: np.ndarray, target: np.ndarray, *, mask: np.ndarray | None = None) -> float:
     """F0.5 of binary pred vs target (H, W) from global counts, inside `mask` when given."""
     return fbeta_from_counts(*confusion_counts(pred, target, mask=mask))
+
+
+@dataclass
+class LevelHistogram:
+    """Pixels by 8-bit level 0..255, int64 (256,) each: ink (`pos`) and no ink (`neg`).
+
+    The sufficient statistic of the threshold sweep: the TP/FP at threshold k/255 are the ink /
+    no-ink pixels at levels >= k, so one pass scores every threshold, and histograms of disjoint
+    pixel sets (fragments, folds) pool by adding them.
+    """
+
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    neg: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+
+    @classmethod
+    def of(
+        cls, prob: np.ndarray, target: np.ndarray, *, mask: np.ndarray | None = None
+    ) -> LevelHistogram:
+        """Histograms of prob (uint8 0..255 or float 0..1) vs target (non-zero = ink), both
+        (H, W) or (N,), over the pixels where mask is set (all when None)."""
+        levels, target = _to_levels(prob), _as_bool(target)
+        _check_shapes(levels, target, mask)
+        if mask is not None:
+            m = _as_bool(mask)
+            levels, target = levels[m], target[m]
+        return cls(
+            np.bincount(levels[target], minlength=256), np.bincount(levels[~target], minlength=256)
+        )
+
+    @classmethod
+    def total(cls, histograms: Iterable[LevelHistogram]) -> LevelHistogram:
+        """The pooled histogram: the sum of `histograms`."""
+        out = cls()
+        for h in histograms:
+            out.add(h)
+        return out
+
+    def add(self, other: LevelHistogram) -> None:
+        self.pos += other.pos
+        self.neg += other.neg
+
+    def counts(self, thresholds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tp, fp, fn) int64, shaped like `thresholds` (0..1 units): ink iff prob >= t."""
+        k = _level(np.asarray(thresholds, dtype=np.float64))
+        # Pixels at level >= k: reverse cumulative sums; index 256 (above every level) is 0.
+        tp = np.append(np.cumsum(self.pos[::-1])[::-1], 0)[k]
+        fp = np.append(np.cumsum(self.neg[::-1])[::-1], 0)[k]
+        return tp, fp, self.pos.sum() - tp
+
+    def curve(self, thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
+        """F0.5 at each threshold, float64 shaped like `thresholds` (default THRESHOLDS, (255,))."""
+        return fbeta(*self.counts(thresholds))
+
+    def best(self) -> tuple[float, float]:
+        """(threshold, F0.5) maximising F0.5 over THRESHOLDS; the lowest threshold wins ties."""
+        curve = self.curve()
+        i = int(np.argmax(curve))
+        return float(THRESHOLDS[i]), float(curve[i])
+
+    def at(self, threshold: float) -> float:
+        """F0.5 of `prob >= threshold`."""
+        return float(self.curve(threshold))
 
 
 def threshold_curve(
@@ -46,31 +129,11 @@ def threshold_curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds, f05) float64 arrays; pixel predicted ink when prob >= threshold.
 
-    prob: uint8 0..255 or float 0..1 (H, W); thresholds in 0..1 units (default 0.01..0.99,
-    step 0.01). Floats are quantised to 256 levels first, as in the kit's 8-bit maps.
+    prob: uint8 0..255 or float 0..1 (H, W); thresholds in 0..1 units (default THRESHOLDS,
+    k/255 for k = 1..255). Floats are quantised to 256 levels first, as in the kit's 8-bit maps.
     """
-    levels = _to_levels(prob)
-    target = _as_bool(target)
-    _check_shapes(levels, target, mask)
-    if mask is not None:
-        m = _as_bool(mask)
-        levels, target = levels[m], target[m]
-    pos = np.bincount(levels[target], minlength=256).astype(np.float64)
-    neg = np.bincount(levels[~target], minlength=256).astype(np.float64)
-    # Pixels at level >= k: reverse cumulative sums, so index k answers "threshold at level k".
-    tp_at = np.cumsum(pos[::-1])[::-1]
-    fp_at = np.cumsum(neg[::-1])[::-1]
-    if thresholds is None:
-        thresholds = np.round(np.arange(1, 100) / 100, 2)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    k = _level(thresholds)
-    tp = np.append(tp_at, 0.0)[k]
-    fp = np.append(fp_at, 0.0)[k]
-    fn = pos.sum() - tp
-    b2 = BETA * BETA
-    denom = (1 + b2) * tp + b2 * fn + fp
-    f05 = np.divide((1 + b2) * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return thresholds, f05
+    thresholds = np.array(THRESHOLDS if thresholds is None else thresholds, dtype=np.float64)
+    return thresholds, LevelHistogram.of(prob, target, mask=mask).curve(thresholds)
 
 
 def best_threshold(
@@ -80,7 +143,8 @@ def best_threshold(
     mask: np.ndarray | None = None,
     thresholds: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """(threshold in 0..1, F0.5) maximising F0.5 of `prob >= threshold`; see threshold_curve."""
+    """(threshold in 0..1, F0.5) maximising F0.5 of `prob >= threshold`; see threshold_curve.
+    The lowest threshold wins ties."""
     ts, scores = threshold_curve(prob, target, mask=mask, thresholds=thresholds)
     i = int(np.argmax(scores))
     return float(ts[i]), float(scores[i])

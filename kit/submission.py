@@ -110,7 +110,13 @@ def write_submission(
         unknown = sorted(set(rows) - set(sample_ids))
         if unknown:
             raise SubmissionError(f"ids {unknown} are not in {sample}")
-        order = [i for i in sample_ids if i in rows]
+        absent = [i for i in sample_ids if i not in rows]
+        if absent:  # the competition scores every id of the sample: never drop one silently
+            raise SubmissionError(
+                f"{sample} lists ids {absent} that have no prediction: put those fragments in "
+                "the test directory (or pass the sample_submission.csv of this test set)"
+            )
+        order = sample_ids
     path = Path(path)
     write_csv(path, HEADER, ((i, rows[i]) for i in order))
     return path

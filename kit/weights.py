@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import KitError
-from kit.evaluate import LEVELS, OOFRun, Scores, fold_maps, level_scores
+from kit.evaluate import OOFRun, fold_maps
 from kit.infer.ensemble import Member, mean_maps
-from kit.metrics import BETA
+from kit.metrics import LevelHistogram, fbeta_from_counts
 
 MAX_CANDIDATES = 300
 SAMPLES_PER_FRAGMENT = 4_000_000
@@ -83,7 +83,7 @@ def search_weights(runs: list[OOFRun]) -> WeightSearch:
     # scores[k][fold]: histograms of candidate k's ensemble over the fold's held-out samples
     scores = [
         {
-            fold: level_scores(mean_maps([maps[m] for m in members], list(w)), ink)
+            fold: LevelHistogram.of(mean_maps([maps[m] for m in members], list(w)), ink)
             for fold, (maps, ink) in samples.items()
         }
         for w in grid
@@ -183,26 +183,20 @@ def _held_out_samples(runs: list[OOFRun]) -> dict[int, tuple[dict[str, np.ndarra
     }
 
 
-def _pooled(by_fold: dict[int, Scores], folds: list[int]) -> Scores:
-    total = Scores()
-    for f in folds:
-        total.add(by_fold[f])
-    return total
+def _pooled(by_fold: dict[int, LevelHistogram], folds: list[int]) -> LevelHistogram:
+    return LevelHistogram.total(by_fold[f] for f in folds)
 
 
-def _nested(scores: list[dict[int, Scores]], folds: list[int], *, candidates) -> float | None:
+def _nested(
+    scores: list[dict[int, LevelHistogram]], folds: list[int], *, candidates
+) -> float | None:
     """Pooled F0.5 when each fold gets the candidate and threshold best on the other folds."""
     if len(folds) < 2:
         return None
-    tp = fp = fn = 0
+    held_out = np.zeros(3, np.int64)  # tp, fp, fn pooled over the held-out folds
     for f in folds:
         others = [g for g in folds if g != f]
         k = max(candidates, key=lambda c: _pooled(scores[c], others).best()[1])
-        level = int(np.argmax(_pooled(scores[k], others).curve())) + int(LEVELS[0])
-        held = scores[k][f]
-        tp += int(held.pos[level:].sum())
-        fp += int(held.neg[level:].sum())
-        fn += int(held.pos[:level].sum())
-    b2 = BETA * BETA
-    denom = (1 + b2) * tp + b2 * fn + fp
-    return (1 + b2) * tp / denom if denom else 0.0
+        threshold, _ = _pooled(scores[k], others).best()
+        held_out += scores[k][f].counts(threshold)
+    return fbeta_from_counts(*held_out)

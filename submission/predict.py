@@ -5,11 +5,13 @@
 
 --runs is a directory of run directories (each with checkpoints/best.pt) and/or .pt files, or
 several of those; each checkpoint carries its config, so nothing else is needed. It runs exactly
-`python -m kit predict` then `python -m kit submit` (same code as the kit's CLI): the threshold
-is --threshold, else --percentile, else the evaluation.json found in --runs (copy the one
-`evaluate` wrote next to your runs), else config.post.threshold. When that evaluation.json holds
-weights tuned by `evaluate --tune-weights`, the members get them (unless --runs gives RUN:W).
-No network access is needed.
+`python -m kit predict` then `python -m kit submit` (same code as the kit's CLI). evaluation.json
+is looked for as `kit submit` looks for it (kit.post.threshold.find_evaluation: in the folder
+holding the runs or its parent, and their evaluation/; copy the one `evaluate` wrote next to
+your runs). The threshold is --threshold or --percentile (not both), else that evaluation.json's,
+else the runs' own `post:` config section, else PostConfig's default. When that evaluation.json
+holds weights tuned by `evaluate --tune-weights`, the members get them (unless --runs gives
+RUN:W). No network access is needed.
 """
 
 from __future__ import annotations
@@ -57,16 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _import_kit(args.kit)
     from kit.cli import main as kit_main
-    from kit.infer.ensemble import explicit_weights
+    from kit.errors import KitError
+    from kit.infer.ensemble import explicit_weights, resolve_members
     from kit.io import read_json
+    from kit.post.threshold import check_options, find_evaluation
 
-    evaluation = _find_evaluation(args.runs)
+    try:  # before predicting: a bad option should not cost a whole prediction
+        check_options(threshold=args.threshold, percentile=args.percentile, min_area=args.min_area)
+        checkpoints = [m.checkpoint for m in resolve_members(args.runs)]
+        evaluation = find_evaluation(Path(args.work), checkpoints)
+        tuned = evaluation is not None and "weights" in read_json(evaluation)
+    except KitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     predict = ["predict", "--data", args.data, "--runs", *args.runs, "--out", args.work]
-    if (
-        evaluation is not None
-        and "weights" in read_json(evaluation)
-        and not explicit_weights(args.runs)
-    ):
+    if tuned and not explicit_weights(args.runs):
         predict += ["--evaluation", str(evaluation)]
     if args.tta:
         predict += ["--set", f"infer.tta=[{args.tta}]"]
@@ -78,27 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     submit = ["submit", "--pred", args.work, "--data", args.data, "--out", args.out]
     if args.threshold is not None:
         submit += ["--threshold", str(args.threshold)]
-    elif args.percentile is not None:
+    if args.percentile is not None:
         submit += ["--percentile", str(args.percentile)]
-    elif evaluation is not None:
-        submit += ["--evaluation", str(evaluation)]
+    if evaluation is not None:
+        submit += ["--evaluation", str(evaluation)]  # the file whose weights predict used
     if args.min_area is not None:
         submit += ["--min-area", str(args.min_area)]
     return kit_main(submit)
-
-
-def _find_evaluation(runs: list[str]) -> Path | None:
-    """evaluation.json in a --runs folder, its parent, or an evaluation/ folder next to it."""
-    from kit.infer.ensemble import parse_spec
-
-    for run in runs:
-        base = Path(parse_spec(run)[0])
-        base = base if base.is_dir() else base.parent
-        for candidate in (base / "evaluation.json", base / "evaluation" / "evaluation.json",
-                          base.parent / "evaluation.json", base.parent / "evaluation" / "evaluation.json"):  # fmt: skip
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 if __name__ == "__main__":

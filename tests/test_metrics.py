@@ -5,10 +5,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kit.metrics import (
+    THRESHOLDS,
+    LevelHistogram,
     best_threshold,
     binarize,
     confusion_counts,
     f05_score,
+    fbeta,
     fbeta_from_counts,
     threshold_curve,
 )
@@ -104,3 +107,63 @@ def test_best_threshold_separable():
 def test_integer_probabilities_other_than_uint8_rejected():
     with pytest.raises(ValueError, match="uint8"):
         best_threshold(np.zeros((2, 2), np.int32), np.zeros((2, 2)))
+
+
+def _random_maps(seed: int):
+    """(prob uint8, target, mask) (H, W): a noisy probability map of a random ink pattern."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(5, 40, 2))
+    target = rng.random(shape) < rng.uniform(0.05, 0.6)
+    prob = np.clip(target * rng.uniform(0, 0.6) + rng.random(shape) * 0.7, 0, 1)
+    return np.rint(prob * 255).astype(np.uint8), target, rng.random(shape) < 0.8
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_level_histogram_curve_is_brute_force_f05_at_every_level(seed):
+    prob, target, mask = _random_maps(seed)
+    hist = LevelHistogram.of(prob, target, mask=mask)
+    expected = [f05_score(prob >= k, target, mask=mask) for k in range(1, 256)]
+    np.testing.assert_allclose(hist.curve(), expected, rtol=0, atol=1e-12)
+    t, s = hist.best()
+    assert s == pytest.approx(max(expected)) and t == (int(np.argmax(expected)) + 1) / 255
+    for k in (1, 77, 255):
+        assert hist.at(k / 255) == pytest.approx(expected[k - 1])
+        tp, fp, fn = hist.counts(k / 255)
+        assert (tp, fp, fn) == confusion_counts(prob >= k, target, mask=mask)
+    assert hist.counts(0.0)[0] == np.count_nonzero(target & mask)  # level 0: every pixel is ink
+    assert hist.counts(1.5)[:2] == (0, 0)  # above every level: none
+
+
+def test_histograms_pool_by_adding():
+    parts = [_random_maps(seed) for seed in (1, 2)]
+    total = LevelHistogram.total(LevelHistogram.of(p, t, mask=m) for p, t, m in parts)
+    pooled = LevelHistogram.of(
+        np.concatenate([p[m] for p, _, m in parts]), np.concatenate([t[m] for _, t, m in parts])
+    )
+    np.testing.assert_array_equal(total.pos, pooled.pos)
+    np.testing.assert_array_equal(total.neg, pooled.neg)
+    assert total.best() == pooled.best()
+
+
+def test_fbeta_is_elementwise_fbeta_from_counts():
+    tp, fp, fn = np.array([0, 3, 10]), np.array([0, 1, 0]), np.array([0, 2, 5])
+    np.testing.assert_array_equal(
+        fbeta(tp, fp, fn), [fbeta_from_counts(*c) for c in zip(tp, fp, fn, strict=True)]
+    )
+    assert fbeta_from_counts(3, 1, 2) == pytest.approx(1.25 * 3 / (1.25 * 3 + 0.25 * 2 + 1))
+
+
+def test_training_and_evaluation_share_one_grid():
+    """best_threshold's default grid (training's best.pt) is evaluate's (LevelHistogram.best):
+    every 8-bit cut k/255; tests/infer/test_evaluate.py checks evaluate against it."""
+    prob, target, mask = _random_maps(3)
+    ts, _ = threshold_curve(prob, target)
+    np.testing.assert_array_equal(ts, np.arange(1, 256) / 255)
+    np.testing.assert_array_equal(ts, THRESHOLDS)
+    assert (
+        best_threshold(prob, target, mask=mask) == LevelHistogram.of(prob, target, mask=mask).best()
+    )
+    # The optimum at level 2 lies between the old 0.01 grid's cuts (0.01 is level 3).
+    prob = np.array([[1, 1, 2, 2]], np.uint8)
+    target = prob == 2
+    assert best_threshold(prob, target) == (2 / 255, 1.0)

@@ -98,3 +98,13 @@ def test_cli_validate(demo_dir, tmp_path, capsys):
     assert main(["validate", str(broken), "--data", str(demo_dir / "test")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "id a" in err and "not sorted" in err
+
+
+def test_write_refuses_to_drop_an_id_of_the_sample(demo_dir, tmp_path):
+    sample = demo_dir / "sample_submission.csv"
+    ids = list(read_submission(sample))
+    with pytest.raises(
+        SubmissionError, match=rf"lists ids \['{ids[-1]}'\] that have no prediction"
+    ):
+        write_submission([(i, "") for i in ids[:-1]], tmp_path / "s.csv", sample=sample)
+    assert not (tmp_path / "s.csv").exists()

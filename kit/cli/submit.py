@@ -1,11 +1,11 @@
 """Threshold, post-process, RLE-encode, validate and write submission.csv.
 
-The threshold is, in order: --threshold; --percentile P (per fragment, the top P % of mask
-pixels); the `threshold` of evaluation.json (--evaluation PATH, else the first found of
-PRED/evaluation.json, PRED/../evaluation/evaluation.json, PRED/../evaluation.json, and
-evaluation.json in the common parent of the predicting runs); else config.post.threshold.
---data (default: the test data recorded in PRED/predict.json) gives the masks, the ids and the
-sample_submission.csv order, and the written file is validated against it.
+The threshold and the minimum blob area are decided by kit.post.threshold: --threshold or
+--percentile P (per fragment, the top P % of mask pixels; not both); else the `threshold` of
+evaluation.json (--evaluation PATH, else found beside the predictions or the runs); else the
+`post:` section of the members' configs; else PostConfig's defaults. The log's last line says
+which. --data (default: the test data recorded in PRED/predict.json) gives the masks, the ids
+and the sample_submission.csv order, and the written file is validated against it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ HELP = "threshold, post-process, RLE-encode, validate, write submission.csv"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="prediction directory from `predict`")
     p.add_argument("--out", default="submission.csv", help="CSV to write")
-    p.add_argument("--threshold", type=float, default=None, help="probability threshold")
-    p.add_argument("--percentile", type=float, default=None, help="ink = top P %% of mask pixels")
+    p.add_argument("--threshold", type=float, default=None, help="probability threshold in [0, 1]")
+    p.add_argument(
+        "--percentile", type=float, default=None, help="ink = top P %% of mask pixels, (0, 100]"
+    )
     p.add_argument("--evaluation", default=None, help="evaluation.json whose threshold to use")
     p.add_argument("--min-area", type=int, default=None, help="drop ink blobs smaller than this")
     p.add_argument("--data", default=None, help="test directory (masks, ids, validation)")
@@ -52,58 +54,60 @@ def make_submission(
 ) -> list[tuple[str, str]]:
     """Write `out` from the maps in `pred`; returns the (id, rle) rows in file order."""
     import cv2
-    import numpy as np
 
-    from kit.config import PostConfig
     from kit.data.fragment import Fragment
     from kit.errors import KitError
     from kit.infer.ensemble import fragment_dirs
-    from kit.io import read_json
-    from kit.postprocess import percentile_threshold, postprocess
+    from kit.post.threshold import decide_threshold
+    from kit.postprocess import postprocess
+    from kit.provenance import fragment_identity
     from kit.rle import encode
+    from kit.run import PredictionDir
     from kit.submission import validate_submission, write_submission
 
     if not pred.is_dir():
         raise KitError(f"prediction directory {pred} does not exist; run `python -m kit predict`")
-    record = read_json(pred / "predict.json")
-    post = PostConfig()
+    policy = decide_threshold(
+        pred, threshold=threshold, percentile=percentile, min_area=min_area, evaluation=evaluation
+    )
+    prediction = PredictionDir(pred)
+    record = prediction.record()
     if data is None and record.get("data"):
         data = Path(record["data"])
-    if percentile is None and threshold is None:
-        threshold, source = _evaluation_threshold(pred, record, evaluation)
-        if threshold is None:
-            threshold = post.threshold
-            source = f"config.post.threshold (no evaluation.json found: {source})"
-    elif threshold is not None:
-        source = "--threshold"
-    else:
-        source = f"--percentile {percentile}"
-    min_area = post.min_component_area if min_area is None else min_area
     if data is not None:
         ids = [p.name for p in fragment_dirs(data)]
     else:
-        ids = sorted(p.stem for p in pred.glob("*.png"))
+        ids = prediction.map_ids()
         print("warning: no --data: masks not applied, submission not validated")
     if not ids:
         raise KitError(f"{pred} holds no <fragment>.png; run `python -m kit predict` first")
+    made = record.get("fragments")  # what predict finished, with each fragment's identity
     rows = []
     for fid in ids:
-        path = pred / f"{fid}.png"
+        path = prediction.map(fid)
         prob = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
         if prob is None:
             raise KitError(f"{path} is missing or unreadable: predict fragment {fid} first")
-        mask = Fragment(data / fid).mask() if data is not None else None
+        if made is not None and fid not in made:
+            raise KitError(
+                f"{path} was not written by the prediction {prediction.predict_json} records "
+                "(an interrupted or older predict?): rerun `python -m kit predict` into "
+                f"{pred}, it redoes only what is missing"
+            )
+        fragment = Fragment(data / fid) if data is not None else None
+        if made is not None and fragment is not None and fragment_identity(fragment) != made[fid]:
+            raise KitError(
+                f"{fragment.path} changed since {path} was predicted: rerun `python -m kit "
+                f"predict` into {pred} (it redoes the changed fragments)"
+            )
+        mask = fragment.mask() if fragment is not None else None
         if mask is not None and mask.shape != prob.shape:
             raise KitError(
                 f"{path} is {prob.shape[0]}×{prob.shape[1]} but the mask of {data / fid} is "
                 f"{mask.shape[0]}×{mask.shape[1]}: predicted from another dataset?"
             )
-        t = threshold
-        if percentile is not None:
-            t = percentile_threshold(
-                prob, mask if mask is not None else np.ones(prob.shape, bool), percentile
-            )
-        ink = postprocess(prob, mask, threshold=t, min_area=min_area)
+        t = policy.threshold_for(prob, mask)
+        ink = postprocess(prob, mask, threshold=t, min_area=policy.min_area)
         rows.append((fid, encode(ink)))
         print(f"{fid}: threshold {t:.4f}, ink {ink.mean():.2%} of pixels")
     # written beside `out` and validated before it replaces `out`: never publish a bad file
@@ -115,34 +119,8 @@ def make_submission(
         os.replace(staged, out)
     finally:
         staged.unlink(missing_ok=True)
-    print(f"threshold from {source}; min component area {min_area}; wrote {out}")
+    print(f"{policy.describe()}; wrote {out}")
     return rows
-
-
-def _evaluation_threshold(pred, record: dict, evaluation) -> tuple[float | None, str]:
-    """(threshold, where it came from) from evaluation.json, searched as the module doc says."""
-    from kit.errors import KitError
-    from kit.io import read_json
-
-    if evaluation is not None:
-        candidates = [evaluation]
-        if not evaluation.is_file():
-            raise KitError(f"{evaluation} does not exist; run `python -m kit evaluate` first")
-    else:
-        candidates = [pred / "evaluation.json", pred.parent / "evaluation" / "evaluation.json",
-                      pred.parent / "evaluation.json"]  # fmt: skip
-        runs = [Path(m["checkpoint"]).parent.parent for m in record.get("members", [])]
-        if runs:
-            candidates.append(
-                Path(os.path.commonpath([str(r.parent) for r in runs])) / "evaluation.json"
-            )
-    for path in candidates:
-        if path.is_file():
-            summary = read_json(path)
-            if "threshold" not in summary:
-                raise KitError(f"{path} has no 'threshold'; rerun `python -m kit evaluate`")
-            return float(summary["threshold"]), str(path)
-    return None, "looked in " + ", ".join(str(c) for c in candidates)
 
 
 def _sample_path(data: Path | None) -> Path | None:

@@ -155,3 +155,22 @@ def test_offline_submission_script(tmp_path):
     assert offline.main([*argv[:-1], str(tmp_path / "w2")]) == 0
     record = json.loads((tmp_path / "w2" / "predict.json").read_text())
     assert [m["weight"] for m in record["members"]] == [0.3, 0.3]
+
+
+def test_submit_refuses_maps_the_recorded_prediction_did_not_make(pred_setup, tmp_path, capsys):
+    from kit.data.fragment import Fragment
+    from kit.provenance import fragment_identity
+
+    data, pred = pred_setup
+    made = {f: fragment_identity(Fragment(data / "test" / f)) for f in ("a", "b")}
+    out = tmp_path / "s.csv"
+    # map b is left from before an interrupted predict: predict.json does not list it
+    (pred / "predict.json").write_text(json.dumps({"members": [], "fragments": {"a": made["a"]}}))
+    assert _submit(pred, data, out, "--threshold", "0.5") == 2
+    assert "was not written by the prediction" in capsys.readouterr().err
+    # the test data changed after predict: its maps are stale
+    (pred / "predict.json").write_text(json.dumps({"members": [], "fragments": made}))
+    assert _submit(pred, data, out, "--threshold", "0.5") == 0
+    cv2.imwrite(str(data / "test" / "a" / "mask.png"), np.full((40, 30), 255, np.uint8))
+    assert _submit(pred, data, out, "--threshold", "0.5") == 2
+    assert "changed since" in capsys.readouterr().err
