@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from kit.data.fragment import Fragment
 from kit.errors import KitError
 from kit.infer.ensemble import mean_maps, parse_spec
+from kit.io import write_png
 from kit.metrics import THRESHOLDS, LevelHistogram
 from kit.run import RunDir
 
@@ -184,7 +184,7 @@ def draw_pictures(evaluation: Evaluation, runs: list[OOFRun], out: Path) -> list
         labels = fragment.labels()
         image = oof_overlay(binarize(ensemble, threshold), labels, fragment.mask(), scored=scored)
         path = out / f"fold{fold}_{fragment.id}_overlay.png"
-        cv2.imwrite(str(path), image)
+        write_png(path, image)
         written.append(path)
     for fold, scores in evaluation.folds.items():
         path = out / f"fold{fold}_threshold.png"
