@@ -56,9 +56,9 @@ def make_submission(
 
     from kit.config import PostConfig
     from kit.data.fragment import Fragment
+    from kit.data.layout import find_fragments
     from kit.errors import KitError
     from kit.evaluate import read_json
-    from kit.infer.ensemble import fragment_dirs
     from kit.postprocess import percentile_threshold, postprocess
     from kit.rle import encode
     from kit.submission import validate_submission, write_submission
@@ -80,7 +80,8 @@ def make_submission(
         source = f"--percentile {percentile}"
     min_area = post.min_component_area if min_area is None else min_area
     if data is not None:
-        ids = [p.name for p in fragment_dirs(data)]
+        found = {p.name: p for p in find_fragments(data, "test")}
+        ids = list(found)
     else:
         ids = sorted(p.stem for p in pred.glob("*.png"))
         print("warning: no --data: masks not applied, submission not validated")
@@ -92,10 +93,10 @@ def make_submission(
         prob = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
         if prob is None:
             raise KitError(f"{path} is missing or unreadable: predict fragment {fid} first")
-        mask = Fragment(data / fid).mask() if data is not None else None
+        mask = Fragment(found[fid]).mask() if data is not None else None
         if mask is not None and mask.shape != prob.shape:
             raise KitError(
-                f"{path} is {prob.shape[0]}×{prob.shape[1]} but the mask of {data / fid} is "
+                f"{path} is {prob.shape[0]}×{prob.shape[1]} but the mask of {found[fid]} is "
                 f"{mask.shape[0]}×{mask.shape[1]}: predicted from another dataset?"
             )
         t = threshold
