@@ -26,7 +26,6 @@ def run(args: argparse.Namespace) -> int:
     for path in find_fragments(args.data, args.split):
         layout = layout_of(path)
         files = layout.files(path)
-        labelled = files.labels is not None and files.labels.exists()
         print(f"{files.id}\t{layout.name}\t{len(files.slices)} slices\t"
-              f"{'labels' if labelled else 'no labels'}\t{path}")  # fmt: skip
+              f"{'labels' if files.has_labels else 'no labels'}\t{path}")  # fmt: skip
     return 0

@@ -61,11 +61,11 @@ class Fragment:
 
     @property
     def has_labels(self) -> bool:
-        return self.files.labels is not None and self.files.labels.exists()
+        return self.files.has_labels
 
     @property
     def has_ir(self) -> bool:
-        return self.files.ir is not None and self.files.ir.exists()
+        return self.files.has_ir
 
     def mask(self) -> np.ndarray:
         """Papyrus outline, bool (H, W). Cached: it is needed by every tile decision."""

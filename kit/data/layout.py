@@ -49,6 +49,14 @@ class FragmentFiles:
     labels: Path | None = None
     ir: Path | None = None
 
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None and self.labels.exists()
+
+    @property
+    def has_ir(self) -> bool:
+        return self.ir is not None and self.ir.exists()
+
 
 class Layout:
     """One on-disk arrangement of a fragment directory. Subclass it and decorate with `@register`."""
@@ -220,7 +228,7 @@ def fragment_path(
 def labelled_fragments(data: str | Path) -> list[Path]:
     """The train fragments of `data` (as `find_fragments`) that have ink labels, sorted by path."""
     files = [fragment_files(p) for p in find_fragments(data, "train")]
-    labelled = [f.root for f in files if f.labels is not None and f.labels.exists()]
+    labelled = [f.root for f in files if f.has_labels]
     if not labelled:
         raise FragmentError(
             f"no fragment under {data} has ink labels ({files[0].labels} is missing, and the "
