@@ -16,7 +16,7 @@ import torch
 
 from kit.config import Config, ConfigError, config_from_dict
 from kit.errors import KitError
-from kit.io import atomic_path
+from kit.io import write_torch
 
 
 class CheckpointError(KitError):
@@ -25,11 +25,7 @@ class CheckpointError(KitError):
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write `state` to `path` atomically: a crash at any moment leaves the old file or the new."""
-    # fsync before the rename: after a power loss the new name must not point at unwritten data
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    write_torch(path, state)
 
 
 def load_checkpoint(
@@ -81,12 +77,14 @@ def model_from_checkpoint(
 
 def run_checkpoint(path: str | os.PathLike) -> Path:
     """A run directory's best.pt (else last.pt), or the checkpoint file itself."""
+    from kit.run import RunDir
+
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise CheckpointError(f"{path} holds no checkpoints/best.pt or last.pt: is it a run?")
+        try:
+            return RunDir(path).checkpoint()
+        except KitError as exc:
+            raise CheckpointError(str(exc)) from None
     return path
 
 

@@ -8,6 +8,7 @@ The resolved config is saved as `config.yaml` in every run directory and inside 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -228,11 +229,92 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
-    return _build(Config, raw, source)
+    config = _build(Config, raw, source)
+    check_config(config, source)
+    return config
+
+
+AMP_MODES = ("bf16", "fp16", "off")
+INPUT_MODES = ("volume", "ir")
+NORMS = ("percentile", "meanstd")
+INF = math.inf
+# "section.key": (low, high, low_open, high_open) for every number with a bound.
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "data.p_low": (0, 100, False, False), "data.p_high": (0, 100, False, False),
+    "data.tile": (1, INF, False, True), "data.stride": (1, INF, False, True),
+    "data.min_mask_fraction": (0, 1, False, False), "data.z_start": (0, INF, False, True),
+    "model.num_points": (1, INF, False, True), "model.lora_rank": (1, INF, False, True),
+    "model.layer_decay": (0, 1, True, False), "model.input_gain": (0, INF, False, True),
+    "loss.bce": (0, INF, False, True), "loss.dice": (0, INF, False, True),
+    "loss.focal": (0, INF, False, True), "loss.focal_gamma": (0, INF, False, True),
+    "loss.iou": (0, INF, False, True), "loss.label_smoothing": (0, 0.5, False, True),
+    "augment.scale": (0, 1, False, True), "augment.rotate_deg": (0, 180, False, False),
+    "augment.shift": (0, 1, False, False), "augment.brightness": (0, 1, False, False),
+    "augment.contrast": (0, 1, False, True), "augment.gamma": (0, 1, False, True),
+    "augment.slice_jitter": (0, 1, False, False), "augment.max_zshift": (0, INF, False, True),
+    "augment.slice_dropout": (0, 1, False, True), "augment.coarse_holes": (0, INF, False, True),
+    "augment.coarse_size": (0, 1, False, False), "augment.noise_std": (0, INF, False, True),
+    "train.epochs": (1, INF, False, True), "train.steps_per_epoch": (1, INF, False, True),
+    "train.batch_size": (1, INF, False, True), "train.accumulate": (1, INF, False, True),
+    "train.lr": (0, INF, True, True), "train.weight_decay": (0, INF, False, True),
+    "train.warmup_steps": (0, INF, False, True), "train.grad_clip": (0, INF, False, True),
+    "train.ema": (0, 1, False, True), "train.ink_fraction": (0, 1, False, False),
+    "train.val_every": (1, INF, False, True), "train.num_workers": (0, INF, False, True),
+    "train.checkpoint_every": (0, INF, False, True), "train.cpu_threads": (0, INF, False, True),
+    "train.budget_minutes": (0, INF, False, True),
+    "infer.stride": (0, INF, False, True), "infer.batch_size": (1, INF, False, True),
+    "post.threshold": (0, 1, False, False), "post.percentile": (0, 100, False, False),
+    "post.min_component_area": (0, INF, False, True),
+}  # fmt: skip
+_RANGES.update(  # every probability
+    {
+        f"augment.{f.name}": (0, 1, False, False)
+        for f in dataclasses.fields(AugmentConfig)
+        if f.name.startswith("p_")
+    }
+)
+
+
+def check_config(config: Config, source: str = "config") -> None:
+    """ConfigError naming the first field outside its choices or range (with the valid ones),
+    so a typo fails when the config loads, not after every member has loaded."""
+    from kit.infer.tta import check_tta
+    from kit.tiles import WINDOWS
+
+    def value(key: str) -> Any:
+        section, name = key.split(".")
+        return getattr(getattr(config, section), name)
+
+    choices = {"data.input_mode": INPUT_MODES, "data.norm": NORMS, "train.amp": AMP_MODES,
+               "infer.amp": AMP_MODES, "infer.window": WINDOWS}  # fmt: skip
+    for key, valid in choices.items():
+        if value(key) not in valid:
+            raise ConfigError(f"{source}: {key}={value(key)!r} is not one of {list(valid)}")
+    try:
+        check_tta(config.infer.tta)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: infer.tta: {exc}") from None
+    for key, (low, high, low_open, high_open) in _RANGES.items():
+        x = value(key)
+        if isinstance(x, str):  # "auto": resolved from the data, checked then
+            continue
+        inside = math.isfinite(x) and (low < x if low_open else low <= x)
+        inside = inside and (x < high if high_open else x <= high)
+        if not inside:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            raise ConfigError(f"{source}: {key}={x!r} is outside {lo}{low:g}, {high:g}{hi}")
+    d = config.data
+    if d.p_low >= d.p_high:
+        raise ConfigError(f"{source}: data.p_low={d.p_low} must be below data.p_high={d.p_high}")
+    if any(c < 1 for c in config.model.decoder_channels):
+        raise ConfigError(f"{source}: model.decoder_channels must be positive")
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    """config.yaml, atomically."""
+    from kit.io import write_text
+
+    write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:

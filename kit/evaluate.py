@@ -14,7 +14,6 @@ threshold k/255 is scored at once and pooling is a sum.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kit.config import Config
 from kit.data.fragment import Fragment
 from kit.data.layout import fragment_path
 from kit.errors import KitError
 from kit.infer.ensemble import mean_maps, parse_spec
 from kit.metrics import BETA
+from kit.run import RunDir
 
 LEVELS = np.arange(1, 256)  # threshold k/255 for k = 1..255: every distinct 8-bit cut
 THRESHOLDS = LEVELS / 255
@@ -37,7 +36,7 @@ THRESHOLDS = LEVELS / 255
 class OOFRun:
     path: Path
     fold: int
-    member: str  # which model this run is a fold of: "<config name> (<family> <variant>)"
+    member: str  # which model this run is a fold of: str(kit.run.MemberId)
     weight: float
     data: Path  # dataset root (train/<id>/...) or a directory of fragments
     regions: list  # kit.data.folds.Region
@@ -118,42 +117,15 @@ class Evaluation:
 
 def load_oof_run(spec: str, data: str | Path | None = None) -> OOFRun:
     """A run directory (`RUN` or `RUN:WEIGHT`) with its held-out regions and dataset."""
-    from kit.config import load_config
-    from kit.data.folds import load_folds
-
     path_str, weight = parse_spec(spec)
-    path = Path(path_str)
-    regions_csv = path / "oof" / "regions.csv"
-    if not path.is_dir():
-        raise KitError(f"run directory {path} does not exist")
-    if not regions_csv.is_file():
-        raise KitError(f"{regions_csv} is missing: {path} is not a training run directory")
-    regions = load_folds(regions_csv)
-    folds = {r.fold for r in regions}
-    if len(folds) != 1:
-        raise KitError(f"{regions_csv} holds regions of folds {sorted(folds)}; expected one fold")
-    run_json = read_json(path / "run.json")
-    data = Path(data) if data is not None else run_json.get("data")
+    run = RunDir(path_str)
+    regions = run.regions()
+    data = Path(data) if data is not None else run.record().get("data")
     if data is None:
-        raise KitError(f"{path}/run.json does not name the dataset; pass --data DATA_DIR")
-    config = load_config(str(path / "config.yaml")) if (path / "config.yaml").is_file() else None
-    member = member_name(config) if config else path.parent.name
-    return OOFRun(path, folds.pop(), member, 1.0 if weight is None else weight, Path(data), regions)
-
-
-def member_name(config: Config) -> str:
-    """How evaluation.json names an ensemble member: "<config name> (<family> <variant>)"."""
-    return f"{config.name} ({config.model.family} {config.model.variant})"
-
-
-def read_json(path: Path) -> dict:
-    """A small JSON record of the kit ({} when absent); a broken one is a KitError."""
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise KitError(f"{path} is not valid JSON ({exc}); delete it or fix it") from exc
+        raise KitError(f"{run.run_json} does not name the dataset; pass --data DATA_DIR")
+    member = str(run.member())
+    return OOFRun(run.path, regions[0].fold, member, 1.0 if weight is None else weight,
+                  Path(data), regions)  # fmt: skip
 
 
 def fold_maps(
@@ -198,18 +170,7 @@ def _unique_names(names: list[str]) -> list[str]:
 
 
 def _read_oof(run: OOFRun, fragment: Fragment) -> np.ndarray:
-    path = run.path / "oof" / f"{fragment.id}.png"
-    if not path.is_file():
-        raise KitError(f"{path} is missing: the run has not validated yet (no best.pt saved)")
-    prob = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if prob is None or prob.dtype != np.uint8 or prob.ndim != 2:
-        raise KitError(f"{path} is not an 8-bit grayscale probability map")
-    if prob.shape != fragment.shape:
-        raise KitError(
-            f"{path} is {prob.shape[0]}×{prob.shape[1]} but fragment {fragment.path} is "
-            f"{fragment.shape[0]}×{fragment.shape[1]}: was the run trained on another dataset?"
-        )
-    return prob
+    return RunDir(run.path).read_oof(fragment.id, fragment.shape, fragment.path)
 
 
 def histograms(prob: np.ndarray, labels: np.ndarray, scored: np.ndarray) -> Scores:

@@ -1,14 +1,18 @@
-"""Atomic file writes: a crash at any moment leaves the old file or the new one, never half.
+"""File writes, all atomic: a crash at any moment leaves the old file or the new one, never half.
 
-Every output other stages read back (checkpoints, folds, OOF and prediction maps,
-evaluation.json, submission.csv) is written through `atomic_path`.
+Every file the kit writes goes through here (`atomic_path` and the writers below), so every
+output another stage reads back (checkpoints, folds, run.json, config.yaml, metrics.csv, OOF and
+prediction maps, predict.json, evaluation.json, submission.csv) is whole or absent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +41,67 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), image):
             raise KitError(f"could not write {path}; is the disk full or the directory read-only?")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, record: dict) -> None:
+    """`record` as indented JSON, atomically."""
+    write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A small JSON record of the kit ({} when absent); a broken one is a KitError."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise KitError(f"{path} is not valid JSON ({exc}); delete it or fix it") from exc
+
+
+def write_torch(path: str | os.PathLike, obj) -> None:
+    """torch.save, atomically and fsynced before the rename: after a power loss the new name
+    must not point at unwritten data."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable) -> None:
+    """A CSV with `header` and `rows` (iterables of values), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_figure(path: str | os.PathLike, fig, **savefig) -> None:
+    """Save a matplotlib figure (format from the suffix) atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **savefig)
+    finally:
+        plt.close(fig)
+
+
+def write_tiff(path: str | os.PathLike, image: np.ndarray, **options) -> None:
+    """tifffile.imwrite, atomically (options pass through, e.g. photometric)."""
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, image, **options)
+
+
+def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)

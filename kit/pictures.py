@@ -1,7 +1,8 @@
 """Pictures for humans: probability previews, OOF error overlays, threshold-vs-F0.5 plots.
 
 Everything is downsampled to at most `max_side` pixels: a 14830×9506 map is unreadable anyway.
-Functions return BGR uint8 images (for cv2.imwrite) or write a PNG with matplotlib's Agg backend.
+Functions return BGR uint8 images (for kit.io.write_png) or write a PNG with matplotlib's Agg
+backend through kit.io.write_figure.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from kit.io import write_figure
 
 # BGR colours of the overlay classes
 COLOURS = {
@@ -78,9 +81,7 @@ def threshold_plot(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    write_figure(path, fig)
 
 
 def probe_plot(probe, path: Path) -> None:
@@ -108,6 +109,4 @@ def probe_plot(probe, path: Path) -> None:
     bottom.set(xlabel="slice (file index)", ylabel="papyrus intensity (0..1)")
     top.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    write_figure(path, fig)

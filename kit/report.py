@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import os
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -21,13 +20,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from kit.io import copy_file, write_figure, write_text
+
 
 def summary_lines(evaluation: dict, runs: list[str], seconds: float | None) -> list[str]:
     """What run_all prints and the report's first block shows."""
     from kit.evaluate import format_table
+    from kit.run import RunDir
     from kit.weights import describe_weights
 
-    members = sorted({Path(r).parent.name for r in runs})
+    members = sorted({str(RunDir(r).member()) for r in runs})
     lines = [f"ensemble members: {', '.join(members)} ({len(runs)} runs)"]
     if evaluation:
         lines += ["out-of-fold F0.5 (per fold at the pooled threshold):", format_table(evaluation)]
@@ -44,7 +46,6 @@ def summary_lines(evaluation: dict, runs: list[str], seconds: float | None) -> l
 def write_report(out_dir: Path, runs: list[str], summary: list[str]) -> Path:
     """Write OUT_DIR/report/index.html from the pipeline's outputs; returns its path."""
     report = out_dir / "report"
-    report.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>inkkit report</h1><pre>{html.escape(chr(10).join(summary))}</pre>"]
     parts.append(
         _gallery(
@@ -60,12 +61,14 @@ def write_report(out_dir: Path, runs: list[str], summary: list[str]) -> Path:
     parts.append(_gallery("Training curves", [c.name for c in curves]))
     parts.append("<h2>Members</h2>" + "".join(_config_block(Path(run)) for run in runs))
     page = report / "index.html"
-    page.write_text(_PAGE.format(body="\n".join(parts)))
+    write_text(page, _PAGE.format(body="\n".join(parts)))
     return page
 
 
 def _training_curves(run: Path, report: Path) -> Path | None:
-    csv = run / "metrics.csv"
+    from kit.run import RunDir
+
+    csv = RunDir(run).metrics_csv
     if not csv.is_file():
         return None
     frame = pd.read_csv(csv)
@@ -90,8 +93,7 @@ def _training_curves(run: Path, report: Path) -> Path | None:
     fig.suptitle(f"{run.parent.name} / {run.name}", fontsize=10)
     fig.tight_layout()
     path = report / f"curves_{run.parent.name}_{run.name}.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    write_figure(path, fig, dpi=80)
     return path
 
 
@@ -99,7 +101,7 @@ def _copy(pictures: list[Path], report: Path, prefix: str) -> list[str]:
     names = []
     for picture in pictures:
         name = f"{prefix}_{picture.name}"
-        shutil.copyfile(picture, report / name)
+        copy_file(picture, report / name)
         names.append(name)
     return names
 
@@ -115,8 +117,10 @@ def _gallery(title: str, names: list[str]) -> str:
 
 
 def _config_block(run: Path) -> str:
-    config = run / "config.yaml"
-    text = config.read_text() if config.is_file() else "(no config.yaml)"
+    from kit.run import RunDir
+
+    config = RunDir(run).config_yaml
+    text = config.read_text() if config.is_file() else f"(no {config.name})"
     return f"<details><summary>{html.escape(os.fspath(run))}</summary><pre>{html.escape(text)}</pre></details>"
 
 

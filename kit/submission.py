@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kit import rle
 from kit.errors import KitError
-from kit.io import atomic_path
+from kit.io import write_csv
 
 HEADER = ["Id", "Predicted"]
 # Real RLE strings run to tens of MB; csv's default 128 kB field limit would reject them.
@@ -105,8 +105,5 @@ def write_submission(
             raise SubmissionError(f"ids {unknown} are not in {sample}")
         order = [i for i in sample_ids if i in rows]
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(HEADER)
-        writer.writerows((i, rows[i]) for i in order)
+    write_csv(path, HEADER, ((i, rows[i]) for i in order))
     return path

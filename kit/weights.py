@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.config import Config
 from kit.errors import KitError
-from kit.evaluate import LEVELS, OOFRun, Scores, fold_maps, level_scores, member_name
+from kit.evaluate import LEVELS, OOFRun, Scores, fold_maps, level_scores
 from kit.infer.ensemble import Member, mean_maps
 from kit.metrics import BETA
 
@@ -109,11 +108,10 @@ def search_weights(runs: list[OOFRun]) -> WeightSearch:
 def weigh_by_evaluation(members: list[Member], path: Path) -> list[Member]:
     """`members` with the weights `evaluate --tune-weights` stored in `path` (evaluation.json).
 
-    Matched by member name (config name, family, variant; read from each run's config.yaml, else
-    from the checkpoint), not by path, so runs copied elsewhere (an offline notebook's dataset)
-    keep their weights.
+    Matched by member name (`Member.member`: config name, family, variant), not by path, so runs
+    copied elsewhere (an offline notebook's dataset) keep their weights.
     """
-    from kit.evaluate import read_json
+    from kit.io import read_json
 
     if not path.is_file():
         raise KitError(f"evaluation file {path} does not exist; run `kit evaluate --tune-weights`")
@@ -125,7 +123,7 @@ def weigh_by_evaluation(members: list[Member], path: Path) -> list[Member]:
         )
     weighed = []
     for m in members:
-        name = member_name(_checkpoint_config(m.checkpoint))
+        name = m.member
         if name not in tuned:
             raise KitError(
                 f"{m.checkpoint} is member {name!r}, which {path} does not weigh (it weighs "
@@ -133,16 +131,6 @@ def weigh_by_evaluation(members: list[Member], path: Path) -> list[Member]:
             )
         weighed.append(replace(m, weight=float(tuned[name])))
     return weighed
-
-
-def _checkpoint_config(checkpoint: Path) -> Config:
-    from kit.checkpoint import checkpoint_config, load_checkpoint
-    from kit.config import load_config
-
-    run_config = checkpoint.parent.parent / "config.yaml"
-    if checkpoint.parent.name == "checkpoints" and run_config.is_file():
-        return load_config(str(run_config))
-    return checkpoint_config(load_checkpoint(checkpoint, mmap=True), checkpoint)
 
 
 def describe_weights(weights: dict) -> str:

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _import_kit(args.kit)
     from kit.cli import main as kit_main
-    from kit.evaluate import read_json
     from kit.infer.ensemble import explicit_weights
+    from kit.io import read_json
 
     evaluation = _find_evaluation(args.runs)
     predict = ["predict", "--data", args.data, "--runs", *args.runs, "--out", args.work]

@@ -32,3 +32,26 @@ def test_unquoted_off_stays_a_word_for_string_fields(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  amp: off\n")
     assert load_config(str(path)).train.amp == "off"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.tile=-48", r"data\.tile=-48 is outside \[1, inf\)"),
+        ("train.lr=.nan", r"train\.lr=nan is outside \(0, inf\)"),
+        ("train.lr=0", r"train\.lr=0\.0 is outside \(0, inf\)"),
+        ("train.batch_size=0", r"train\.batch_size=0 is outside \[1, inf\)"),
+        ("train.amp=fp8", r"train\.amp='fp8' is not one of \['bf16', 'fp16', 'off'\]"),
+        ("infer.window=foo", r"infer\.window='foo' is not one of \['gaussian', 'hann', 'flat'\]"),
+        ("infer.tta=[flip]", r"infer\.tta: unknown TTA transform\(s\) \['flip'\]; choose from"),
+        ("post.threshold=1.5", r"post\.threshold=1\.5 is outside \[0, 1\]"),
+        ("post.percentile=150", r"post\.percentile=150\.0 is outside \[0, 100\]"),
+        ("augment.p_flip=2", r"augment\.p_flip=2\.0 is outside \[0, 1\]"),
+        ("data.norm=zscore", r"data\.norm='zscore' is not one of"),
+        ("data.p_low=99.9", r"data\.p_low=99\.9 must be below data\.p_high=99\.5"),
+        ("model.layer_decay=0", r"model\.layer_decay=0\.0 is outside \(0, 1\]"),
+    ],
+)
+def test_bad_values_fail_when_the_config_loads_naming_the_key_and_the_valid_ones(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu-demo", [override])

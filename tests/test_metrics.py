@@ -20,7 +20,7 @@ def test_counts_and_score_by_hand():
     assert confusion_counts(pred, target) == (2, 1, 3)
     p, r = 2 / 3, 2 / 5
     assert f05_score(pred, target) == pytest.approx(1.25 * p * r / (0.25 * p + r))
-    # Positional API of INTERFACE.md; 0/255 and bool inputs mean the same.
+    # Positional API of docs/interface.md; 0/255 and bool inputs mean the same.
     assert f05_score(pred.astype(bool), target * 255) == f05_score(pred, target)
 
 

@@ -1,8 +1,9 @@
 """Ensemble inference: stitched probability maps for every fragment under DATA.
 
 Writes <OUT>/<fragment>.png (8-bit probability, the fragment's size), <OUT>/preview/<fragment>.png
-(small colour picture) and <OUT>/predict.json (members, weights, data). Fragments already
-predicted by the same members are skipped, so reruns are cheap; --overwrite redoes them.
+(small colour picture) and <OUT>/predict.json (members with their checkpoints' sha256, weights,
+overrides, and each fragment's files). A rerun skips a fragment only when all of that is the
+same (kit.provenance), so reruns are cheap and never stale; --overwrite redoes every fragment.
 """
 
 from __future__ import annotations
@@ -27,19 +28,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="evaluation.json of `evaluate --tune-weights`: use its tuned weights",
     )
-    p.add_argument("--set", nargs="*", default=[], metavar="infer.KEY=VALUE",
-                   help="inference overrides for every member, e.g. infer.tta=[identity,hflip]")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
+                   help="an inference override for every member, e.g. infer.tta=[identity,hflip] "
+                        "(repeatable)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if present)")
     p.add_argument("--overwrite", action="store_true", help="redo fragments already predicted")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
 
+    from kit import __version__
     from kit.data.fragment import Fragment
     from kit.data.layout import find_fragments
     from kit.infer.ensemble import (
@@ -49,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
     )
     from kit.io import write_png
     from kit.pictures import probability_preview
+    from kit.provenance import file_digest, fragment_identity
+    from kit.run import PredictionDir
 
-    out = Path(args.out)
+    out = PredictionDir(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     members = resolve_members(args.runs, args.weights)
     if args.evaluation is not None:
@@ -63,42 +67,61 @@ def run(args: argparse.Namespace) -> int:
         members = weigh_by_evaluation(members, Path(args.evaluation))
     fragments = [Fragment(p) for p in find_fragments(args.data, "test")]  # checks masks up front
     record = {
+        "kit": __version__,
         "data": str(Path(args.data).resolve()),
         "members": [
-            {"checkpoint": str(m.checkpoint.resolve()), "weight": m.weight, "name": m.name}
+            {
+                "checkpoint": str(m.checkpoint.resolve()),
+                "sha256": file_digest(m.checkpoint),
+                "weight": m.weight,
+                "name": m.name,
+                "member": m.member,
+            }
             for m in members
         ],
         "overrides": list(args.set),
+        "fragments": {f.id: fragment_identity(f) for f in fragments},
     }
-    stale = _stale(out / "predict.json", record)
-    todo = [f for f in fragments if args.overwrite or stale or not (out / f"{f.id}.png").exists()]
+    todo = _todo(out, record, fragments, overwrite=args.overwrite)
     for f in fragments:
         if f not in todo:
-            print(f"{out / f'{f.id}.png'} exists (same members): skipped; --overwrite redoes it")
+            print(f"{out.map(f.id)} exists (same members, checkpoints and data): skipped; "
+                  "--overwrite redoes it")  # fmt: skip
     if not todo:
         return 0
     loaded = load_members(members, overrides=args.set, device=device)
     for m in members:
         print(f"member {m.name}: {m.checkpoint} (weight {m.weight:g})")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "predict.json").write_text(json.dumps(record, indent=2) + "\n")
+    # predict.json lists a fragment only once its map is written: a map that a kill left from
+    # other members is never taken for this prediction's
+    done = {f.id: record["fragments"][f.id] for f in fragments if f not in todo}
+    out.write_record({**record, "fragments": done})
     for fragment in todo:
         prob = predict_ensemble(loaded, fragment, device=device, progress=not args.no_progress)
-        write_png(out / f"{fragment.id}.png", prob)
-        write_png(out / "preview" / f"{fragment.id}.png", probability_preview(prob))
+        write_png(out.map(fragment.id), prob)
+        write_png(out.preview(fragment.id), probability_preview(prob))
+        done[fragment.id] = record["fragments"][fragment.id]
+        out.write_record({**record, "fragments": done})
         inside = prob[fragment.mask()]
-        print(f"{out / f'{fragment.id}.png'}: {fragment.shape[0]}×{fragment.shape[1]}, "
+        print(f"{out.map(fragment.id)}: {fragment.shape[0]}×{fragment.shape[1]}, "
               f"mean probability in mask {inside.mean() / 255:.3f}")  # fmt: skip
     return 0
 
 
-def _stale(path, record: dict) -> bool:
-    """True when the directory was written by other members/data (its PNGs must be redone)."""
-    import json
+def _todo(out, record: dict, fragments: list, *, overwrite: bool) -> list:
+    """The fragments to predict: all when the members, their checkpoints' bytes, the overrides
+    or the kit differ from predict.json's; else those whose files changed or whose map is missing."""
+    from kit.errors import KitError
 
-    if not path.exists():
-        return False
     try:
-        return json.loads(path.read_text()) != record
-    except ValueError:
-        return True
+        old = out.record()
+    except KitError:  # unreadable: redo everything
+        old = {}
+    same = {k: v for k, v in old.items() if k != "fragments"} == {
+        k: v for k, v in record.items() if k != "fragments"
+    }
+    before = old.get("fragments", {}) if same and not overwrite else {}
+    return [
+        f for f in fragments
+        if before.get(f.id) != record["fragments"][f.id] or not out.map(f.id).exists()
+    ]  # fmt: skip

@@ -15,14 +15,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
+    from kit.errors import KitError
+    from kit.io import read_json
     from kit.report import summary_lines, write_report
+    from kit.run import RunDir
 
     out = Path(args.out)
-    evaluation_json = out / "evaluation" / "evaluation.json"
-    evaluation = json.loads(evaluation_json.read_text()) if evaluation_json.is_file() else {}
+    for run in args.runs:
+        if not RunDir(run).looks_like_run():
+            raise KitError(
+                f"{run} is not a run directory (no config.yaml or checkpoints/): pass the runs "
+                "that `kit train` wrote, e.g. OUT_DIR/runs/<member>/fold<K>"
+            )
+    evaluation = read_json(out / "evaluation" / "evaluation.json")
     lines = summary_lines(evaluation, args.runs, args.seconds)
     page = write_report(out, args.runs, lines)
     submission = out / "submission.csv"

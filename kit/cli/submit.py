@@ -58,7 +58,7 @@ def make_submission(
     from kit.data.fragment import Fragment
     from kit.data.layout import find_fragments
     from kit.errors import KitError
-    from kit.evaluate import read_json
+    from kit.io import read_json
     from kit.postprocess import percentile_threshold, postprocess
     from kit.rle import encode
     from kit.submission import validate_submission, write_submission
@@ -123,7 +123,7 @@ def make_submission(
 def _evaluation_threshold(pred, record: dict, evaluation) -> tuple[float | None, str]:
     """(threshold, where it came from) from evaluation.json, searched as the module doc says."""
     from kit.errors import KitError
-    from kit.evaluate import read_json
+    from kit.io import read_json
 
     if evaluation is not None:
         candidates = [evaluation]

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from kit.config import preset_names
+
 HELP = "fine-tune one fold; writes a run directory"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset directory (with train/)")
     p.add_argument("--fold", type=int, required=True, help="fold to hold out (folds CSV)")
-    p.add_argument("--config", default="cpu-demo", help="preset name or YAML path")
+    p.add_argument("--config", default="cpu-demo",
+                   help=f"preset name ({', '.join(preset_names())}) or YAML path")  # fmt: skip
     p.add_argument("--folds", default="folds.csv",
                    help="folds CSV (default: ./folds.csv, else DATA/folds.csv)")  # fmt: skip
     p.add_argument("--sam-checkpoint", default=None, help="Meta SAM checkpoint to start from")
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from kit.config import apply_overrides, load_config
     from kit.data.layout import find_fragments
     from kit.errors import KitError
+    from kit.run import default_run_dir
     from kit.train.loop import train_fold
 
     data = Path(args.data)
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, [f"train.budget_minutes={args.budget}"])
     if args.max_steps is not None and args.max_steps < 1:
         raise KitError(f"--max-steps must be at least 1, got {args.max_steps}")
-    out = Path(args.out) if args.out else Path("runs") / config.name / f"fold{args.fold}"
+    out = Path(args.out) if args.out else default_run_dir(config.name, args.fold)
     summary = train_fold(
         config, data_dir=data, fold=args.fold, folds_csv=folds, out=out,
         max_steps=args.max_steps, resume=args.resume, log_images=args.log_images,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import KitError
-from kit.io import atomic_path
+from kit.io import write_csv
 
 COLUMNS = ["fragment", "fold", "row_start", "row_end"]
 
@@ -75,11 +75,8 @@ def load_folds(path: str | os.PathLike) -> list[Region]:
 def write_folds(regions: list[Region], path: str | os.PathLike) -> Path:
     """Write regions as a folds CSV (atomically: a reader never sees half a file)."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
-        for r in regions:
-            writer.writerow([r.fragment, r.fold, _fmt(r.row_start), _fmt(r.row_end)])
+    write_csv(path, COLUMNS, ([r.fragment, r.fold, _fmt(r.row_start), _fmt(r.row_end)]
+                              for r in regions))  # fmt: skip
     return path
 
 

@@ -17,19 +17,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kit.config import Config, ConfigError, apply_overrides, config_to_dict, load_config
+from kit.config import Config, ConfigError, apply_overrides, config_to_dict
 from kit.data.fragment import Fragment
 from kit.errors import KitError
 from kit.infer.stitch import predict_fragment, to_channels_last
-
-BEST = Path("checkpoints") / "best.pt"
+from kit.run import MemberId, RunDir
 
 
 @dataclass(frozen=True)
 class Member:
     checkpoint: Path
     weight: float
-    name: str  # the run directory's name, or the checkpoint's stem
+    member: str  # which model: str(kit.run.MemberId), the key of evaluation.json's weights
+    name: str  # this checkpoint: a run's label ("<member> fold K"), or "<member> (<file>)"
+
+    @classmethod
+    def of(cls, checkpoint: Path, weight: float = 1.0) -> Member:
+        """The member a checkpoint is, named from its run directory or its own config."""
+        run = RunDir.of_checkpoint(checkpoint)
+        if run is not None:
+            member, name = run.member(), run.label
+        else:
+            from kit.checkpoint import checkpoint_config, load_checkpoint
+
+            config = checkpoint_config(load_checkpoint(checkpoint, mmap=True), checkpoint)
+            member = MemberId.of(config)
+            name = f"{member} ({checkpoint.name})"
+        return cls(checkpoint, weight, str(member), name)
 
 
 @dataclass
@@ -73,7 +87,7 @@ def resolve_members(specs: list[str], weights: list[float] | None = None) -> lis
         weight = 1.0 if weight is None else weight
         if not weight >= 0:
             raise KitError(f"{spec}: ensemble weights must be >= 0, got {weight}")
-        members += [Member(p, weight, _name(p)) for p in _checkpoints(Path(path))]
+        members += [Member.of(p, weight) for p in _checkpoints(Path(path))]
     if not members or sum(m.weight for m in members) <= 0:
         raise KitError("no ensemble member with a positive weight; check --runs / --weights")
     return members
@@ -86,29 +100,23 @@ def _checkpoints(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise KitError(f"run directory or checkpoint {path} does not exist")
-    if (path / BEST).is_file():
-        return [path / BEST]
-    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
+    run = RunDir(path)
+    if run.best.is_file():
+        return [run.best]
+    if run.looks_like_run():
         raise KitError(
-            f"run directory {path} has no {BEST}: training has not validated yet; finish or "
-            "resume it (`python -m kit train ... --resume`), or pass a .pt file"
+            f"run directory {path} has no {run.best.relative_to(path)}: training has not "
+            "validated yet; finish or resume it (`python -m kit train ... --resume`), or pass "
+            "a .pt file"
         )
-    found = sorted(p / BEST for p in path.iterdir() if (p / BEST).is_file())
+    found = sorted(RunDir(p).best for p in path.iterdir() if RunDir(p).best.is_file())
     found += sorted(p for p in path.iterdir() if p.suffix in (".pt", ".pth") and p.is_file())
     if not found:
         raise KitError(
-            f"{path} holds no run directory (with {BEST}) and no .pt checkpoint; "
+            f"{path} holds no run directory (with checkpoints/best.pt) and no .pt checkpoint; "
             "pass run directories or checkpoint files"
         )
     return found
-
-
-def _name(checkpoint: Path) -> str:
-    return (
-        checkpoint.parent.parent.name
-        if checkpoint.parent.name == "checkpoints"
-        else checkpoint.stem
-    )
 
 
 def load_members(
@@ -139,10 +147,11 @@ def load_members(
 
 
 def _check_run_config(checkpoint: Path, config: Config) -> None:
-    run_config = checkpoint.parent.parent / "config.yaml"
-    if checkpoint.parent.name != "checkpoints" or not run_config.is_file():
+    run = RunDir.of_checkpoint(checkpoint)
+    run_config = run.config() if run is not None else None
+    if run_config is None:
         return
-    theirs = config_to_dict(load_config(str(run_config)))
+    theirs = config_to_dict(run_config)
     ours = config_to_dict(config)
     diff = [
         f"{section}.{key}"
@@ -152,7 +161,7 @@ def _check_run_config(checkpoint: Path, config: Config) -> None:
     ]
     if diff:
         raise KitError(
-            f"{checkpoint} was trained with another config than {run_config} "
+            f"{checkpoint} was trained with another config than {run.config_yaml} "
             f"(differs in {', '.join(diff[:6])}); copy the checkpoint back to its own run "
             "directory or pass the .pt file alone"
         )

@@ -180,3 +180,63 @@ def test_only_infer_overrides(setup, capsys, tmp_path):
         "data.tile=64",
     ]
     assert "infer.*" in _error(capsys, argv)
+
+
+def test_rerun_redoes_what_a_retrained_checkpoint_or_a_changed_fragment_made(
+    setup, tmp_path, capsys
+):
+    root, test, run1, run2 = setup
+    data, run = tmp_path / "test", tmp_path / "run"
+    shutil.copytree(test, data)
+    shutil.copytree(run1, run)
+    out = tmp_path / "pred"
+    argv = ["--data", str(data), "--runs", str(run), "--out", str(out)]
+    assert _predict(argv) == 0
+    stamps = {f: (out / f"{f}.png").stat().st_mtime_ns for f in ("a", "b")}
+    # the run was retrained (same path, new weights): every map is redone, none skipped
+    shutil.copyfile(run2 / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
+    capsys.readouterr()
+    assert _predict(argv) == 0
+    assert "skipped" not in capsys.readouterr().out
+    np.testing.assert_array_equal(_read(out / "a.png"), _read(root / "p2" / "a.png"))
+    assert all((out / f"{f}.png").stat().st_mtime_ns != stamps[f] for f in ("a", "b"))
+    # one fragment's mask replaced: only that fragment is redone
+    stamps = {f: (out / f"{f}.png").stat().st_mtime_ns for f in ("a", "b")}
+    mask = _read(data / "b" / "mask.png")
+    mask[:5] = 0
+    cv2.imwrite(str(data / "b" / "mask.png"), mask)
+    assert _predict(argv) == 0
+    assert (out / "a.png").stat().st_mtime_ns == stamps["a"]
+    assert (out / "b.png").stat().st_mtime_ns != stamps["b"]
+    # predict.json lists a fragment only once its map is written: a map left by other members
+    # (a kill before it was redone) is not in the record, so the next run redoes it
+    record = json.loads((out / "predict.json").read_text())
+    assert set(record["fragments"]) == {"a", "b"}
+    assert len(record["members"][0]["sha256"]) == 64
+    del record["fragments"]["a"]
+    (out / "predict.json").write_text(json.dumps(record))
+    stamps = {f: (out / f"{f}.png").stat().st_mtime_ns for f in ("a", "b")}
+    assert _predict(argv) == 0
+    assert (out / "a.png").stat().st_mtime_ns != stamps["a"]
+    assert (out / "b.png").stat().st_mtime_ns == stamps["b"]
+
+
+def test_repeated_set_options_all_apply():
+    from kit.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "predict",
+            "--data",
+            "d",
+            "--runs",
+            "r",
+            "--out",
+            "o",
+            "--set",
+            "infer.tta=[hflip]",
+            "--set",
+            "infer.batch_size=2",
+        ]
+    )
+    assert args.set == ["infer.tta=[hflip]", "infer.batch_size=2"]  # nargs="*" kept only the last

@@ -125,14 +125,14 @@ def test_evaluate_tunes_and_predict_reads_the_weights(runs, tmp_path, capsys):
     shutil.copytree(paths[0], copied)
     loose = tmp_path / "poor.pt"
     save_checkpoint(loose, {"config": config_to_dict(Config(name="poor")), "model": {}})
-    members = [Member(r / "checkpoints" / "best.pt", 1.0, r.name) for r in (*paths, copied)]
-    weighed = weigh_by_evaluation([*members, Member(loose, 1.0, "poor")], out / "evaluation.json")
+    members = [Member.of(r / "checkpoints" / "best.pt") for r in (*paths, copied)]
+    weighed = weigh_by_evaluation([*members, Member.of(loose)], out / "evaluation.json")
     expected = [tuned[f"{p.parent.name} (sam vit_b)"] for p in paths]
     expected += [tuned["good (sam vit_b)"], tuned["poor (sam vit_b)"]]
     assert [m.weight for m in weighed] == pytest.approx(expected)
     # a member it did not weigh, or an evaluation without tuned weights: clear errors
-    stranger = Member(tmp_path / "x.pt", 1.0, "x")
-    save_checkpoint(stranger.checkpoint, {"config": config_to_dict(Config(name="x")), "model": {}})
+    save_checkpoint(tmp_path / "x.pt", {"config": config_to_dict(Config(name="x")), "model": {}})
+    stranger = Member.of(tmp_path / "x.pt")
     with pytest.raises(KitError, match="does not weigh"):
         weigh_by_evaluation([stranger], out / "evaluation.json")
     assert main([*argv, "--runs", *map(str, paths)]) == 0
