@@ -59,7 +59,8 @@ if [ -z "${DATA_DIR:-}" ]; then
     mv "$DATA_DIR.partial" "$DATA_DIR"
   fi
 fi
-[ -d "$DATA_DIR/train" ] || { echo "run_all.sh: $DATA_DIR/train does not exist; set DATA_DIR to a directory in the competition layout" >&2; exit 2; }
+# The fragment search every command uses (kit/data/layout.py); it names what is missing.
+"$PY" -m kit fragments --data "$DATA_DIR" --split train >/dev/null || { echo "run_all.sh: set DATA_DIR to a dataset directory (train/, test/) in the competition layout" >&2; exit 2; }
 [ -f "$FOLDS" ] || { echo "run_all.sh: folds file $FOLDS does not exist; write one with: python -m kit folds --data $DATA_DIR --out $FOLDS" >&2; exit 2; }
 
 FOLD_IDS=$("$PY" -c "import sys; from kit.data.folds import load_folds; print(' '.join(map(str, sorted({r.fold for r in load_folds(sys.argv[1])}))))" "$FOLDS")

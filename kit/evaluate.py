@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.data.fragment import Fragment
+from kit.data.layout import fragment_path
 from kit.errors import KitError
 from kit.infer.ensemble import mean_maps, parse_spec
 from kit.io import write_png
@@ -90,17 +91,6 @@ def load_oof_run(spec: str, data: str | Path | None = None) -> OOFRun:
                   Path(data), regions)  # fmt: skip
 
 
-def fragment_dir(data: Path, fragment_id: str) -> Path:
-    """DATA/train/<id> in the competition layout, else DATA/<id>."""
-    for candidate in (data / "train" / fragment_id, data / fragment_id):
-        if (candidate / "surface_volume").is_dir():
-            return candidate
-    raise KitError(
-        f"fragment {fragment_id!r} not found under {data} (looked in train/{fragment_id} and "
-        f"{fragment_id}); pass the dataset the runs were trained on with --data"
-    )
-
-
 def fold_maps(
     runs: list[OOFRun],
 ) -> Iterator[tuple[int, Fragment, np.ndarray, dict[str, np.ndarray], np.ndarray]]:
@@ -118,7 +108,8 @@ def fold_maps(
                 )
         fragment_ids = sorted({r.fragment for r in members[0].regions})
         for fragment_id in fragment_ids:
-            fragment = Fragment(fragment_dir(members[0].data, fragment_id))
+            fix = "pass the dataset the runs were trained on with --data"
+            fragment = Fragment(fragment_path(members[0].data, fragment_id, fix=fix))
             scored = np.zeros(fragment.shape, bool)
             for r in members[0].regions:
                 if r.fragment == fragment_id:
@@ -159,9 +150,7 @@ def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
     ):
         labels = fragment.labels()
         if labels is None:
-            raise KitError(
-                f"{fragment.path / 'inklabels.png'} is missing: cannot score fold {fold}"
-            )
+            raise KitError(f"{fragment.files.labels} is missing: cannot score fold {fold}")
         scores = folds.setdefault(fold, {})
         for name, prob in [*maps.items(), ("ensemble", ensemble)]:
             scores.setdefault(name, LevelHistogram()).add(

@@ -4,7 +4,7 @@
     fragment_identity(frag)   -> {"shape", "files": {relative path: [size, mtime_ns]}}
     config_digest(config)     -> sha256 hex of the resolved config
 
-A fragment is identified by the sizes and modification times of its files (never their bytes:
+A fragment is identified by the sizes and modification times of the files its layout names (never their bytes:
 a real fragment is tens of GB), so touching or replacing any of them makes it a new input.
 """
 
@@ -27,13 +27,15 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def fragment_identity(fragment) -> dict:
-    """Shape and (size, mtime_ns) of every file under a kit.data.fragment.Fragment's directory."""
-    root = Path(fragment.path)
+    """Shape and (size, mtime_ns) of each file a kit.data.fragment.Fragment reads (its layout's
+    slices, mask, labels, infrared image; the ones that exist)."""
+    f = fragment.files
+    paths = [*f.slices, f.mask, f.labels, f.ir]
     files = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
+    for p in paths:
+        if p is not None and p.is_file():
             st = p.stat()
-            files[p.relative_to(root).as_posix()] = [st.st_size, st.st_mtime_ns]
+            files[Path(os.path.relpath(p, f.root)).as_posix()] = [st.st_size, st.st_mtime_ns]
     return {"shape": list(fragment.shape), "files": files}
 
 

@@ -52,18 +52,11 @@ def read_submission(path: str | os.PathLike) -> dict[str, str]:
 
 
 def fragment_shapes(test_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
-    """{fragment id: (H, W)} of every fragment directory under test_dir (or test_dir/test)."""
+    """{fragment id: (H, W)} of the test fragments of test_dir (`kit.data.layout.find_fragments`)."""
     from kit.data.fragment import Fragment
+    from kit.data.layout import find_fragments
 
-    root = Path(test_dir)
-    if (root / "test").is_dir():
-        root = root / "test"
-    if not root.is_dir():
-        raise SubmissionError(f"{root} is not a directory of test fragments")
-    shapes = {p.name: Fragment(p).shape for p in sorted(root.iterdir()) if p.is_dir()}
-    if not shapes:
-        raise SubmissionError(f"{root} holds no fragment directories")
-    return shapes
+    return {p.name: Fragment(p).shape for p in find_fragments(test_dir, "test")}
 
 
 def validate_submission(csv_path: str | os.PathLike, test_dir: str | os.PathLike) -> dict[str, int]:

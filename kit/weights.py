@@ -166,7 +166,7 @@ def _held_out_samples(runs: list[OOFRun]) -> dict[int, tuple[dict[str, np.ndarra
         keep[::s, ::s] = scored[::s, ::s]
         labels = fragment.labels()
         if labels is None:
-            raise KitError(f"{fragment.path / 'inklabels.png'} is missing: cannot tune weights")
+            raise KitError(f"{fragment.files.labels} is missing: cannot tune weights")
         member_parts, ink = parts.setdefault(fold, ({}, []))
         for name, prob in maps.items():
             member_parts.setdefault(name, []).append(prob[keep])

@@ -14,6 +14,7 @@ from kit.errors import KitError
 
 COMMANDS = {
     "demo-data": "kit.cli.demo_data",
+    "fragments": "kit.cli.fragments",
     "folds": "kit.cli.folds",
     "probe": "kit.cli.probe",
     "train": "kit.cli.train",

@@ -1,8 +1,8 @@
-"""Write an ink-balanced fold split (folds.csv schema) for any dataset in the competition layout.
+"""Write an ink-balanced fold split (folds.csv schema) for a dataset in any layout (kit.data.layout).
 
-Labelled fragments (train/<id>/inklabels.png) are split; the ones with the most ink are cut into
-horizontal bands of equal ink until k folds of similar ink area can be formed. Fragments without
-labels are skipped.
+Labelled train fragments (train/<id>/inklabels.png in the competition layout) are split; the
+ones with the most ink are cut into horizontal bands of equal ink until k folds of similar ink
+area can be formed. Fragments without labels are skipped.
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     from kit import __version__
     from kit.data.fragment import Fragment
+    from kit.data.layout import find_fragments
     from kit.infer.ensemble import (
-        fragment_dirs,
         load_members,
         predict_ensemble,
         resolve_members,
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if args.weights is not None or explicit_weights(args.runs):
             raise KitError("give the weights with --weights, RUN:W or --evaluation, not several")
         members = weigh_by_evaluation(members, Path(args.evaluation))
-    fragments = [Fragment(p) for p in fragment_dirs(Path(args.data))]  # checks masks up front
+    fragments = [Fragment(p) for p in find_fragments(args.data, "test")]  # checks masks up front
     record = {
         "kit": __version__,
         "data": str(Path(args.data).resolve()),

@@ -1,6 +1,6 @@
 """Where is the ink? Per-slice ink signal, surface depth, layer order and a slice window.
 
-Reads bands of rows of every labelled fragment under DATA/train (never a whole volume) and
+Reads bands of rows of every labelled train fragment of DATA (never a whole volume) and
 writes OUT/probe.json and OUT/probe.png (signal against slice, per fragment). The window it
 recommends is what `data.z_start: auto` / `data.z_end: auto` resolve to (`kit train` probes
 the training rows of its own fold the same way). See kit/data/probe.py for the method.
@@ -25,18 +25,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kit.data.fragment import Fragment
+    from kit.data.layout import labelled_fragments
     from kit.data.probe import combine, describe, probe_fragment
-    from kit.errors import KitError
     from kit.io import atomic_path
     from kit.pictures import probe_plot
 
-    train = Path(args.data) / "train"
-    if not train.is_dir():
-        raise KitError(f"{train} does not exist: --data must be a dataset directory")
-    fragments = [Fragment(p) for p in sorted(train.iterdir()) if p.is_dir()]
-    fragments = [f for f in fragments if f.has_labels]
-    if not fragments:
-        raise KitError(f"no fragment under {train} has inklabels.png: the probe needs labels")
+    fragments = [Fragment(p) for p in labelled_fragments(args.data)]
     probes = []
     for f in tqdm(fragments, desc="probe", disable=None):
         probes.append(probe_fragment(f, f.labels()))

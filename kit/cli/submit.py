@@ -56,8 +56,8 @@ def make_submission(
     import cv2
 
     from kit.data.fragment import Fragment
+    from kit.data.layout import find_fragments
     from kit.errors import KitError
-    from kit.infer.ensemble import fragment_dirs
     from kit.post.threshold import decide_threshold
     from kit.postprocess import postprocess
     from kit.provenance import fragment_identity
@@ -75,7 +75,8 @@ def make_submission(
     if data is None and record.get("data"):
         data = Path(record["data"])
     if data is not None:
-        ids = [p.name for p in fragment_dirs(data)]
+        found = {p.name: p for p in find_fragments(data, "test")}
+        ids = list(found)
     else:
         ids = prediction.map_ids()
         print("warning: no --data: masks not applied, submission not validated")
@@ -94,7 +95,7 @@ def make_submission(
                 "(an interrupted or older predict?): rerun `python -m kit predict` into "
                 f"{pred}, it redoes only what is missing"
             )
-        fragment = Fragment(data / fid) if data is not None else None
+        fragment = Fragment(found[fid]) if data is not None else None
         if made is not None and fragment is not None and fragment_identity(fragment) != made[fid]:
             raise KitError(
                 f"{fragment.path} changed since {path} was predicted: rerun `python -m kit "
@@ -103,7 +104,7 @@ def make_submission(
         mask = fragment.mask() if fragment is not None else None
         if mask is not None and mask.shape != prob.shape:
             raise KitError(
-                f"{path} is {prob.shape[0]}×{prob.shape[1]} but the mask of {data / fid} is "
+                f"{path} is {prob.shape[0]}×{prob.shape[1]} but the mask of {found[fid]} is "
                 f"{mask.shape[0]}×{mask.shape[1]}: predicted from another dataset?"
             )
         t = policy.threshold_for(prob, mask)

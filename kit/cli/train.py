@@ -49,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kit.config import apply_overrides, load_config
+    from kit.data.layout import find_fragments
     from kit.errors import KitError
     from kit.run import default_run_dir
     from kit.train.loop import train_fold
 
     data = Path(args.data)
-    if not (data / "train").is_dir():
-        raise KitError(f"{data / 'train'} does not exist: --data must be a dataset directory")
+    find_fragments(data, "train")  # a wrong --data fails here, before the model is built
     config = load_config(args.config, args.overrides)
     if args.sam_checkpoint:
         if not Path(args.sam_checkpoint).is_file():

@@ -39,6 +39,7 @@ import numpy as np
 import tifffile
 
 from kit import rle
+from kit.data.layout import CompetitionLayout
 from kit.errors import KitError
 
 N_SLICES = 65
@@ -411,16 +412,17 @@ def _crop(frag: SynthFragment, rows: slice, noise_seed: int) -> SynthFragment:
 def _write_fragment(path: Path, frag: SynthFragment, *, labels: bool, progress: bool) -> None:
     from tqdm import tqdm
 
-    volume = path / "surface_volume"
+    names = CompetitionLayout
+    volume = path / names.slice_dir
     volume.mkdir(parents=True, exist_ok=True)
     for z in tqdm(range(N_SLICES), desc=f"fragment {path.name}", disable=not progress):
         index = N_SLICES - 1 - z if frag.style.reverse else z
         # Uncompressed and contiguous, so the reader memory-maps the slices.
         tifffile.imwrite(volume / f"{index:02d}.tif", frag.slice(z), photometric="minisblack")
-    cv2.imwrite(str(path / "mask.png"), frag.mask.astype(np.uint8) * 255)
+    cv2.imwrite(str(path / names.mask_name), frag.mask.astype(np.uint8) * 255)
     if labels:
-        cv2.imwrite(str(path / "inklabels.png"), frag.labels * 255)
-        cv2.imwrite(str(path / "ir.png"), frag.ir())
+        cv2.imwrite(str(path / names.labels_name), frag.labels * 255)
+        cv2.imwrite(str(path / names.ir_name), frag.ir())
         _write_csv(
             path / "inklabels_rle.csv", ["Id", "Predicted"], [(path.name, rle.encode(frag.labels))]
         )

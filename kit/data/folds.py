@@ -148,7 +148,7 @@ def make_folds(ink_rows: dict[str, np.ndarray], k: int) -> list[Region]:
     if k < 1:
         raise FoldsError(f"k must be at least 1, got {k}")
     if not ink_rows:
-        raise FoldsError("no labelled fragments (train/<id>/inklabels.png) to split into folds")
+        raise FoldsError("no labelled fragments to split into folds")
     cums = {
         fid: np.concatenate(([0], np.cumsum(rows, dtype=np.int64)))
         for fid, rows in ink_rows.items()
@@ -180,19 +180,14 @@ def make_folds(ink_rows: dict[str, np.ndarray], k: int) -> list[Region]:
 
 
 def ink_rows_of(data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Ink pixels per row (H,) of every labelled fragment under data_dir/train (or data_dir)."""
+    """Ink pixels per row (H,) of every labelled train fragment of data_dir, in natural id order."""
     from kit.data.fragment import Fragment
+    from kit.data.layout import labelled_fragments
 
-    root = Path(data_dir)
-    root = root / "train" if (root / "train").is_dir() else root
-    if not root.is_dir():
-        raise FoldsError(f"{root} does not exist; pass the dataset directory that holds train/")
     out = {}
-    for sub in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural(p.name)):
-        fragment = Fragment(sub)
-        labels = fragment.labels()
-        if labels is not None:
-            out[fragment.id] = (labels & fragment.mask()).sum(axis=1, dtype=np.int64)
+    for path in sorted(labelled_fragments(data_dir), key=lambda p: _natural(p.name)):
+        fragment = Fragment(path)
+        out[fragment.id] = (fragment.labels() & fragment.mask()).sum(axis=1, dtype=np.int64)
     return out
 
 

@@ -1,9 +1,4 @@
-"""Lazy reader for one fragment directory in the competition layout.
-
-    <fragment>/surface_volume/00.tif .. 64.tif   uint16 slices, H×W each
-    <fragment>/mask.png                          papyrus outline (non-zero = papyrus)
-    <fragment>/inklabels.png                     ink labels (train only)
-    <fragment>/ir.png                            infrared photograph (train only)
+"""Lazy reader for one fragment directory; where its files are comes from `kit.data.layout`.
 
 Opening a fragment reads only TIFF headers and the PNG headers. `read()` returns the requested
 slices × rows × columns as uint16 and touches nothing else: uncompressed contiguous slices are
@@ -15,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 from pathlib import Path
 
 import cv2
@@ -23,28 +17,23 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from kit.errors import KitError
+from kit.data.layout import FragmentError, FragmentFiles, fragment_files
 
-SLICE_DIR = "surface_volume"
-_SLICE_NAME = re.compile(r"^(\d+)\.tiff?$")
 # Real masks and labels are up to 14830×9506 pixels; PIL's decompression-bomb guard is for web
 # images, not for scientific scans.
 Image.MAX_IMAGE_PIXELS = None
 
 
-class FragmentError(KitError, ValueError):
-    """Input data that does not match the competition layout; the message names the file."""
-
-
 class Fragment:
-    """One fragment directory. `id` is the directory name ("1", "2", "a", ...)."""
+    """One fragment directory in any registered layout. `id` is its name ("1", "2", "a", ...)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.id = self.path.name
         if not self.path.is_dir():
             raise FragmentError(f"fragment directory {self.path} does not exist")
-        self.slice_paths = _slice_paths(self.path / SLICE_DIR)
+        self.files: FragmentFiles = fragment_files(self.path)
+        self.slice_paths = list(self.files.slices)
         self.shape = _slice_shape(self.slice_paths[0])
         for p in self.slice_paths[1:]:
             shape = _slice_shape(p)
@@ -53,12 +42,11 @@ class Fragment:
                     f"slice {p} is {shape[0]}×{shape[1]}, but {self.slice_paths[0].name} is "
                     f"{self.shape[0]}×{self.shape[1]}: all slices of a fragment must match"
                 )
-        for name in ("mask.png", "inklabels.png", "ir.png"):
-            png = self.path / name
-            if png.exists():
+        for png in (self.files.mask, self.files.labels, self.files.ir):
+            if png is not None and png.exists():
                 self._check_png_shape(png)
-        if not (self.path / "mask.png").exists():
-            raise FragmentError(f"{self.path / 'mask.png'} is missing: every fragment needs a mask")
+        if not self.files.mask.exists():
+            raise FragmentError(f"{self.files.mask} is missing: every fragment needs a mask")
         self._pages: dict[int, _SliceReader] = {}
         self._pid = os.getpid()
         self._mask: np.ndarray | None = None
@@ -73,19 +61,19 @@ class Fragment:
 
     @property
     def has_labels(self) -> bool:
-        return (self.path / "inklabels.png").exists()
+        return self.files.has_labels
 
     @property
     def has_ir(self) -> bool:
-        return (self.path / "ir.png").exists()
+        return self.files.has_ir
 
     def mask(self) -> np.ndarray:
         """Papyrus outline, bool (H, W). Cached: it is needed by every tile decision."""
         if self._mask is None:
-            mask = _read_png(self.path / "mask.png") > 0
+            mask = _read_png(self.files.mask) > 0
             if not mask.any():
                 raise FragmentError(
-                    f"{self.path / 'mask.png'} is empty (all zero): no papyrus to read; "
+                    f"{self.files.mask} is empty (all zero): no papyrus to read; "
                     "remove the fragment or fix its mask"
                 )
             self._mask = mask
@@ -95,7 +83,7 @@ class Fragment:
         """Ink labels as uint8 {0, 1} (H, W), or None for test fragments."""
         if not self.has_labels:
             return None
-        path = self.path / "inklabels.png"
+        path = self.files.labels
         labels = _read_png(path)
         values = np.unique(labels)
         if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
@@ -107,7 +95,7 @@ class Fragment:
 
     def ir(self) -> np.ndarray | None:
         """Infrared photograph as uint8 (H, W), or None when the fragment has none."""
-        return _read_png(self.path / "ir.png") if self.has_ir else None
+        return _read_png(self.files.ir) if self.has_ir else None
 
     def read(
         self,
@@ -119,7 +107,7 @@ class Fragment:
         """Slices z_start..z_end-1 over rows × cols, uint16 (C, h, w). Reads only that window."""
         if not 0 <= z_start < z_end <= self.n_slices:
             raise FragmentError(
-                f"slices {z_start}..{z_end - 1} requested from {self.path / SLICE_DIR}, which has "
+                f"slices {z_start}..{z_end - 1} requested from {self.slice_paths[0].parent}, which has "
                 f"slices 0..{self.n_slices - 1}; set data.z_start/z_end inside that range"
             )
         h, w = self.shape
@@ -146,7 +134,7 @@ class Fragment:
             raise FragmentError(f"{png} is not a readable PNG ({exc})") from exc
         if (h, w) != self.shape:
             raise FragmentError(
-                f"{png} is {h}×{w}, slices in {self.path / SLICE_DIR} are "
+                f"{png} is {h}×{w}, slices in {self.slice_paths[0].parent} are "
                 f"{self.shape[0]}×{self.shape[1]}: they must be the same size"
             )
 
@@ -232,32 +220,6 @@ class _SliceReader:
                     ys - y : ye - y, xs - x : xe - x
                 ]
         return out
-
-
-def _slice_paths(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FragmentError(
-            f"{folder} is missing: a fragment needs surface_volume/00.tif, 01.tif, ..."
-        )
-    numbered: dict[int, Path] = {}
-    for p in folder.iterdir():
-        m = _SLICE_NAME.match(p.name)
-        if m:
-            z = int(m.group(1))
-            if z in numbered:
-                raise FragmentError(
-                    f"{folder} has two files for slice {z}: {numbered[z].name}, {p.name}"
-                )
-            numbered[z] = p
-    if not numbered:
-        raise FragmentError(f"{folder} has no slices named 00.tif, 01.tif, ...")
-    missing = sorted(set(range(max(numbered) + 1)) - set(numbered))
-    if missing:
-        raise FragmentError(
-            f"{folder} is missing slice(s) {missing[:10]}{'...' if len(missing) > 10 else ''}: "
-            f"slices must be numbered 00..{max(numbered):02d} without gaps"
-        )
-    return [numbered[z] for z in range(len(numbered))]
 
 
 def _slice_shape(path: Path) -> tuple[int, int]:

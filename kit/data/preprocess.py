@@ -117,7 +117,7 @@ def _cached_ir(fragment: Fragment) -> np.ndarray:
         ir = fragment.ir()
         if ir is None:
             raise FragmentError(
-                f"{fragment.path / 'ir.png'} is missing: data.input_mode=ir needs the infrared "
+                f"{fragment.files.ir} is missing: data.input_mode=ir needs the infrared "
                 "image (test fragments have none; use data.input_mode=volume)"
             )
         fragment._ir_cache = ir

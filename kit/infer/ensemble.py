@@ -178,8 +178,8 @@ def check_compatible(loaded: list[LoadedMember], fragment: Fragment) -> None:
             )
         if data.input_mode == "ir" and not fragment.has_ir:
             raise KitError(
-                f"{lm.member.checkpoint} reads the infrared image, but {fragment.path} has no "
-                "ir.png (test fragments never do); use a volume model"
+                f"{lm.member.checkpoint} reads the infrared image, but {fragment.files.ir} does "
+                "not exist (test fragments never have one); use a volume model"
             )
 
 
@@ -218,20 +218,3 @@ def mean_maps(maps: list[np.ndarray], weights: list[float]) -> np.ndarray:
     for m, w in zip(maps, weights, strict=True):
         acc += m * np.float32(w / total)
     return np.clip(np.rint(acc), 0, 255).astype(np.uint8)
-
-
-def fragment_dirs(data: Path) -> list[Path]:
-    """A single fragment directory, a test/ directory of fragments, or a data root with test/."""
-    if not data.is_dir():
-        raise KitError(f"data directory {data} does not exist")
-    if (data / "surface_volume").is_dir():
-        return [data]
-    found = sorted(p for p in data.iterdir() if (p / "surface_volume").is_dir())
-    if not found and (data / "test").is_dir():
-        return fragment_dirs(data / "test")
-    if not found:
-        raise KitError(
-            f"{data} holds no fragment (a directory with surface_volume/); pass a test/ "
-            "directory or one fragment directory"
-        )
-    return found

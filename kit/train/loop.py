@@ -133,6 +133,7 @@ def finished_run(out: Path, config: Config, max_steps: int | None) -> bool:
 def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool) -> FoldData:
     """Fragments, labels and absolute row ranges for the training and held-out regions of `fold`."""
     from kit.data.folds import load_folds, training_regions, validation_regions
+    from kit.data.layout import fragment_path
 
     regions = load_folds(folds_csv)
     held_out = validation_regions(regions, fold)
@@ -143,13 +144,11 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
 
     def open_fragment(name: str) -> Fragment:
         if name not in fragments:
-            path = data_dir / "train" / name
-            if not path.is_dir():
-                raise KitError(
-                    f"{folds_csv} names fragment {name!r}, but {path} does not exist; "
-                    f"write a split for this dataset: python -m kit folds --data {data_dir}"
-                )
-            fragments[name] = Fragment(path)
+            fix = (
+                f"{folds_csv} names it; write a split for this dataset: "
+                f"python -m kit folds --data {data_dir}"
+            )
+            fragments[name] = Fragment(fragment_path(data_dir, name, fix=fix))
         return fragments[name]
 
     def grouped(rs) -> dict[str, list[tuple[int, int]]]:
@@ -166,7 +165,7 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
     for name in tqdm(names, desc="labels", disable=not progress, leave=False):
         label = fragments[name].labels()
         if label is None:
-            raise KitError(f"{fragments[name].path / 'inklabels.png'} is missing: cannot train")
+            raise KitError(f"{fragments[name].files.labels} is missing: cannot train")
         labels.append(label)
     return FoldData(
         train=[fragments[n] for n in names], train_labels=labels,
