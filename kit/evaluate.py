@@ -104,7 +104,8 @@ def fold_maps(
             if sorted(map(str, other.regions)) != sorted(map(str, members[0].regions)):
                 raise KitError(
                     f"{other.path} and {members[0].path} are both fold {fold} but hold out "
-                    "different regions (oof/regions.csv): train them with the same folds CSV"
+                    f"different regions ({RunDir(other.path).regions_csv}): train them with the "
+                    "same folds CSV"
                 )
         fragment_ids = sorted({r.fragment for r in members[0].regions})
         for fragment_id in fragment_ids:

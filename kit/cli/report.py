@@ -24,10 +24,12 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     for run in args.runs:
-        if not RunDir(run).looks_like_run():
+        r = RunDir(run)
+        if not r.looks_like_run():
             raise KitError(
-                f"{run} is not a run directory (no config.yaml or checkpoints/): pass the runs "
-                "that `kit train` wrote, e.g. OUT_DIR/runs/<member>/fold<K>"
+                f"{run} is not a run directory (no {r.config_yaml.name} or "
+                f"{r.checkpoints.name}/): pass the runs that `kit train` wrote, e.g. "
+                "OUT_DIR/runs/<member>/fold<K>"
             )
     evaluation = read_json(out / "evaluation" / "evaluation.json")
     lines = summary_lines(evaluation, args.runs, args.seconds)

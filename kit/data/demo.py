@@ -28,19 +28,17 @@ geometry cut in two, as in the real public test set; their labels go to solution
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import tifffile
 
 from kit import rle
 from kit.data.layout import CompetitionLayout
 from kit.errors import KitError
+from kit.io import write_csv, write_json, write_png, write_tiff
 
 N_SLICES = 65
 DEFAULT_SCALE = 1 / 16
@@ -209,12 +207,12 @@ def make_demo_data(
         part = _crop(test, rows, noise_seed=test.noise_seed + 1 + i)
         _write_fragment(out / "test" / tid, part, labels=False, progress=progress)
         solution.append((tid, rle.encode(test.labels[rows]), *test.labels[rows].shape))
-    _write_csv(
+    write_csv(
         out / "sample_submission.csv", ["Id", "Predicted"], [(t, "1 1") for t, *_ in solution]
     )
-    _write_csv(out / "solution.csv", ["Id", "Predicted", "height", "width"], solution)
+    write_csv(out / "solution.csv", ["Id", "Predicted", "height", "width"], solution)
     write_folds(STANDARD_FOLDS, out / "folds.csv")
-    (out / "style.json").write_text(json.dumps(asdict(style), indent=2) + "\n")
+    write_json(out / "style.json", asdict(style))
     return out
 
 
@@ -414,22 +412,14 @@ def _write_fragment(path: Path, frag: SynthFragment, *, labels: bool, progress: 
 
     names = CompetitionLayout
     volume = path / names.slice_dir
-    volume.mkdir(parents=True, exist_ok=True)
     for z in tqdm(range(N_SLICES), desc=f"fragment {path.name}", disable=not progress):
         index = N_SLICES - 1 - z if frag.style.reverse else z
         # Uncompressed and contiguous, so the reader memory-maps the slices.
-        tifffile.imwrite(volume / f"{index:02d}.tif", frag.slice(z), photometric="minisblack")
-    cv2.imwrite(str(path / names.mask_name), frag.mask.astype(np.uint8) * 255)
+        write_tiff(volume / f"{index:02d}.tif", frag.slice(z), photometric="minisblack")
+    write_png(path / names.mask_name, frag.mask.astype(np.uint8) * 255)
     if labels:
-        cv2.imwrite(str(path / names.labels_name), frag.labels * 255)
-        cv2.imwrite(str(path / names.ir_name), frag.ir())
-        _write_csv(
+        write_png(path / names.labels_name, frag.labels * 255)
+        write_png(path / names.ir_name, frag.ir())
+        write_csv(
             path / "inklabels_rle.csv", ["Id", "Predicted"], [(path.name, rle.encode(frag.labels))]
         )
-
-
-def _write_csv(path: Path, header: list[str], rows: list) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)

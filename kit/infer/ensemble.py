@@ -113,8 +113,8 @@ def _checkpoints(path: Path) -> list[Path]:
     found += sorted(p for p in path.iterdir() if p.suffix in (".pt", ".pth") and p.is_file())
     if not found:
         raise KitError(
-            f"{path} holds no run directory (with checkpoints/best.pt) and no .pt checkpoint; "
-            "pass run directories or checkpoint files"
+            f"{path} holds no run directory (with {run.best.relative_to(path)}) and no .pt "
+            "checkpoint; pass run directories or checkpoint files"
         )
     return found
 

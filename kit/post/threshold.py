@@ -224,7 +224,8 @@ def _check_agreement(
 
 
 def _members_source(posts: list[tuple[Path, PostConfig]]) -> str:
-    return f"the post: section of the members' configs ({len(posts)} checkpoints in predict.json)"
+    record = PredictionDir(".").predict_json.name
+    return f"the post: section of the members' configs ({len(posts)} checkpoints in {record})"
 
 
 def _threshold(value: float, name: str) -> float:
