@@ -3,6 +3,8 @@
     file_digest(path)         -> sha256 hex of a file (read in chunks: a ViT-B checkpoint in ~1 s)
     fragment_identity(frag)   -> {"shape", "files": {relative path: [size, mtime_ns]}}
     config_digest(config)     -> sha256 hex of the resolved config
+    training_provenance(...)  -> what a training run is made from (run.json "provenance")
+    differences(old, new)     -> ["train.lr: 0.0001 -> 0.01", ...]: what changed, for the message
 
 A fragment is identified by the sizes and modification times of the files its layout names (never their bytes:
 a real fragment is tens of GB), so touching or replacing any of them makes it a new input.
@@ -45,3 +47,56 @@ def config_digest(config) -> str:
 
     text = json.dumps(config_to_dict(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_identity(path: str | os.PathLike | None) -> list[int] | None:
+    """[size, mtime_ns] of a file, None when there is no such file (a cheap stand-in for its
+    bytes: pretrained weights are hundreds of MB)."""
+    if path is None or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def training_provenance(config, *, fold: int, regions: list, fragments: list) -> dict:
+    """What a training run is made from: the requested config (before its "auto" fields are
+    resolved from the data), the fold, every region of the folds CSV, the identity of each
+    fragment it reads and of the weights it starts from, and the kit's version. Two runs with
+    equal provenance train the same model."""
+    from kit import __version__
+    from kit.config import config_to_dict
+
+    m = config.model
+    return {
+        "kit": __version__,
+        "config": config_to_dict(config),
+        "fold": fold,
+        "regions": [[r.fragment, r.fold, r.row_start, r.row_end] for r in regions],
+        "data": {f.id: fragment_identity(f) for f in fragments},
+        "weights": {
+            "pretrained": file_identity(m.pretrained),
+            "init_from": file_identity(m.init_from),
+        },
+    }
+
+
+def differences(old: dict, new: dict, *, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested records, as "key: old -> new"
+    (fragment file records are summarised as "data.<id> files changed")."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if a == b:
+            continue
+        if prefix == "data." and isinstance(a, dict) and isinstance(b, dict):
+            out.append(f"{name} files changed")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, prefix=f"{name}.")
+        else:
+            out.append(f"{name}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
