@@ -52,7 +52,7 @@ def _worker(rank: int, world: int, port: int, demo_dir: str, out: str) -> None:
     # Parameters, not buffers: BatchNorm running stats stay per rank (DDP broadcasts rank 0's
     # before each forward; checkpoints hold rank 0's).
     params = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
-    state = {"model": params, "tiles": seen, "micro_batch": trainer.state.micro_batch}
+    state = {"model": params, "tiles": seen, "micro_batch": trainer.stepper.micro_batch}
     torch.save(state, Path(out) / f"rank{rank}.pt")
     ddp.cleanup(info)
 
