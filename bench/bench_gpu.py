@@ -304,7 +304,7 @@ def train_step(preset: str, data: Path, args, s: dict) -> dict:
     per_step = t.batch_size * t.accumulate
     amp = t.amp if device.type == "cuda" else "off (cpu)"
     r = {"batch": per_step, "tile": d.tile, "in_channels": d.in_channels, "amp": amp,
-         "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6}  # fmt: skip
+         "params_m": sum(p.numel() for p in trainer.stepper.model.parameters()) / 1e6}  # fmt: skip
 
     # (a) model only: fwd + bwd + clip + AdamW + EMA on a batch already on the device
     g = torch.Generator().manual_seed(0)

@@ -24,7 +24,7 @@ from kit.errors import KitError
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from torch import nn
+    from torch import Tensor, nn
 
 # (layer of a parameter name, L): layer-wise LR decay scales layer k's lr by decay^(L − k)
 LayerIds = tuple[Callable[[str], int], int]
@@ -53,19 +53,14 @@ class TrainingHooks:
         return None
 
     def step_kwargs(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        tiles: torch.Tensor | None,
-        *,
-        generator: torch.Generator,
+        self, x: Tensor, y: Tensor, tiles: Tensor | None, *, generator: torch.Generator
     ) -> ForwardKwargs:
         """Once per optimiser step, after augmentation (and again if an out-of-memory retry
         repeats the step): x (B, C, T, T), y (B, 1, T, T), their tiles (None: look nothing up)
         and the augmentation generator -> the forward's extra arguments for a micro-batch."""
         return _no_kwargs
 
-    def eval_kwargs(self, tiles: torch.Tensor | None) -> dict[str, Any]:
+    def eval_kwargs(self, tiles: Tensor | None) -> dict[str, Any]:
         """The extra arguments of a prompt-free forward of these tiles (training previews)."""
         return {}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kit.config import Config
 from kit.models.embedding_cache import EmbeddingCache, tile_key
@@ -66,12 +66,7 @@ class SamTrainingHooks(TrainingHooks):
         return None if keys is None else np.array([k in self.cache for k in keys], dtype=bool)
 
     def step_kwargs(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        tiles: torch.Tensor | None,
-        *,
-        generator: torch.Generator,
+        self, x: Tensor, y: Tensor, tiles: Tensor | None, *, generator: torch.Generator
     ) -> ForwardKwargs:
         keys = self._keys(tiles)
         prompts = self._prompts(x, y, keys, generator)
@@ -86,7 +81,7 @@ class SamTrainingHooks(TrainingHooks):
 
         return kwargs
 
-    def eval_kwargs(self, tiles: torch.Tensor | None) -> dict[str, Any]:
+    def eval_kwargs(self, tiles: Tensor | None) -> dict[str, Any]:
         return self._lookup(self._keys(tiles))
 
     def reset(self) -> None:
@@ -94,7 +89,7 @@ class SamTrainingHooks(TrainingHooks):
             self.cache.clear()
             self.cache.hits = self.cache.misses = 0
 
-    def _keys(self, tiles: np.ndarray | torch.Tensor | None) -> list[tuple] | None:
+    def _keys(self, tiles: np.ndarray | Tensor | None) -> list[tuple] | None:
         """tile_key of each (fragment index, y, x) row, or None without a cache (or tiles)."""
         if self.cache is None or tiles is None:
             return None
@@ -106,7 +101,7 @@ class SamTrainingHooks(TrainingHooks):
         return {"cache": self.cache, "cache_keys": keys} if keys is not None else {}
 
     def _prompts(
-        self, x: torch.Tensor, y: torch.Tensor, keys: list | None, generator: torch.Generator
+        self, x: Tensor, y: Tensor, keys: list | None, generator: torch.Generator
     ) -> Prompts | None:
         """Point prompts for `model.prompt: points` (a training experiment), else None."""
         if self.config.model.prompt != "points":

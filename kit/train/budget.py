@@ -151,7 +151,7 @@ def calibrate(trainer, *, steps: int = CALIBRATION_STEPS) -> Timings:
             torch.cuda.synchronize(tr.device)
         return time.perf_counter()
 
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in tr.model.state_dict().items()}
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in tr.stepper.model.state_dict().items()}
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
            torch.cuda.get_rng_state(tr.device) if cuda else None)  # fmt: skip
     per_step = tr._tiles_per_step()
@@ -180,7 +180,7 @@ def calibrate(trainer, *, steps: int = CALIBRATION_STEPS) -> Timings:
     if tr.info.is_main:
         validation = _validation_seconds(tr)
         save = _save_seconds(tr)
-    tr.model.load_state_dict(weights)
+    tr.stepper.model.load_state_dict(weights)
     torch.set_rng_state(rng[0])
     np.random.set_state(rng[1])
     random.setstate(rng[2])

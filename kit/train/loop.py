@@ -34,6 +34,7 @@ from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats
 from kit.errors import KitError
 from kit.io import write_png
+from kit.models import build_model, check_model_config, load_pretrained, training_hooks
 from kit.train import ddp
 from kit.train.budget import fit_budget, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
@@ -237,8 +238,6 @@ class _Trainer:
         self.probe = record
 
     def _setup(self, saved: dict | None) -> None:
-        from kit.models import build_model, check_model_config, load_pretrained, training_hooks
-
         config, t = self.config, self.config.train
         check_model_config(config)
         if self.device.type == "cpu" and t.cpu_threads > 0:
@@ -266,15 +265,15 @@ class _Trainer:
             r = self.init_record
             skipped = "; ".join(r["skipped"]) or "none"
             self._say(f"init from {r['checkpoint']}: {r['loaded']} tensors; skipped: {skipped}")
-        self.model = model.to(self.device)
+        model = model.to(self.device)
         self.hooks = training_hooks(
-            config, self.model, fragments=[f.id for f in self.data.train],
+            config, model, fragments=[f.id for f in self.data.train],
             n_tiles=len(self.candidates), device=self.device,
         )  # fmt: skip
         for note in self.hooks.notes():
             self._say(note)
         self.stepper = Stepper(
-            config, self.model, self.hooks, info=self.info, device=self.device, on_oom=self._oom
+            config, model, self.hooks, info=self.info, device=self.device, on_oom=self._oom
         )
         if saved is not None:
             restore(saved, stepper=self.stepper, state=self.state)
@@ -420,7 +419,7 @@ class _Trainer:
         if self.log_images:
             write_previews(
                 self.report_dir, epoch, config=self.config, data=self.data, maps=v.maps,
-                model=self.model, batch=self.stepper.last_batch, hooks=self.hooks,
+                model=self.stepper.model, batch=self.stepper.last_batch, hooks=self.hooks,
             )  # fmt: skip
         if self.progress:
             tqdm.write(f"epoch {epoch} step {s.step}: held-out F0.5 {v.score:.4f} at threshold "

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from kit.augment import augment_batch
 from kit.config import Config
 from kit.data.preprocess import normalize
-from kit.models import TrainingHooks
+from kit.models import TrainingHooks, param_groups
 from kit.models.losses import segmentation_loss
 from kit.train import ddp
 
@@ -60,8 +60,6 @@ class Stepper:
     def reset(self, config: Config) -> None:
         """A fresh optimizer, LR schedule, grad scaler, EMA and augmentation generator for
         `config` (again after a budget calibration moved them on)."""
-        from kit.models import param_groups
-
         self.config = config
         t = config.train
         self.optimizer = torch.optim.AdamW(
