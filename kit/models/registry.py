@@ -18,13 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kit.config import Config
 from kit.errors import KitError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # kit.config may import this module at load time
     import numpy as np
     import torch
     from torch import Tensor, nn
+
+    from kit.config import Config
 
 # (layer of a parameter name, L): layer-wise LR decay scales layer k's lr by decay^(L − k)
 LayerIds = tuple[Callable[[str], int], int]

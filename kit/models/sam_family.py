@@ -11,13 +11,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from kit.config import Config
 from kit.errors import KitError
 from kit.models.registry import FamilySpec, LayerIds, register_family
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from kit.config import Config
     from kit.models.sam_training import SamTrainingHooks
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kit.config import Config
 from kit.models.registry import FamilySpec, LayerIds, register_family
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from kit.config import Config
 
 
 def build_unet(config: Config) -> nn.Module:
