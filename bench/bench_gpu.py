@@ -7,8 +7,8 @@ Sections (each adds `results[SECTION]` to the JSON file, so one failing leaves t
     cli          demo-data, train sam-vit-b and unet-resnet34 (random init, --max-steps), evaluate,
                  predict (both runs as an ensemble), submit, validate: the real CLI, timed
     train_step   tiles/s and peak CUDA memory of one training step of each GPU preset at its
-                 real tile and batch size (the real trainer's _prepare/_optimise), model only and
-                 with the DataLoader
+                 real tile and batch size (the real trainer's Stepper.prepare/optimise), model
+                 only and with the DataLoader
     encoder      SAM vit_b image encoder, bf16: per-tile ms at 256 px vs upscaled to 1024, and
                  Meta's 14-token windows vs one 16-token window at 256 px
     infer        predict_fragment tiles/s for sam-vit-b over a generated fragment, and
@@ -304,26 +304,26 @@ def train_step(preset: str, data: Path, args, s: dict) -> dict:
     per_step = t.batch_size * t.accumulate
     amp = t.amp if device.type == "cuda" else "off (cpu)"
     r = {"batch": per_step, "tile": d.tile, "in_channels": d.in_channels, "amp": amp,
-         "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6}  # fmt: skip
+         "params_m": sum(p.numel() for p in trainer.stepper.model.parameters()) / 1e6}  # fmt: skip
 
     # (a) model only: fwd + bwd + clip + AdamW + EMA on a batch already on the device
     g = torch.Generator().manual_seed(0)
     x = torch.randn(per_step, d.in_channels, d.tile, d.tile, generator=g).to(device)
     y = (torch.rand(per_step, 1, d.tile, d.tile, generator=g) > 0.7).float().to(device)
     for _ in range(s["step_warmup"]):
-        trainer._optimise(x, y)
+        trainer.stepper.optimise(x, y)
     sync(device)
     reset_peak(device)
     start = time.perf_counter()
     for _ in range(s["step_steps"]):
-        parts = trainer._optimise(x, y)
+        parts = trainer.stepper.optimise(x, y)
     sync(device)
     seconds = time.perf_counter() - start
     r.update(model_step_ms=1000 * seconds / s["step_steps"],
              model_tiles_per_s=s["step_steps"] * per_step / seconds,
-             peak_mib=peak_mib(device), loss=parts["total"], micro_batch=trainer.state.micro_batch)  # fmt: skip
+             peak_mib=peak_mib(device), loss=parts["total"], micro_batch=trainer.stepper.micro_batch)  # fmt: skip
 
-    # (b) full step: DataLoader (train.num_workers) -> _prepare (normalise, augment) -> _optimise
+    # (b) full step: DataLoader (train.num_workers) -> Stepper.prepare (normalise, augment) -> optimise
     n = s["loader_steps"] + s["step_warmup"]
     tiles = epoch_tiles(trainer.candidates, epoch=0, count=n * per_step, seed=t.seed,
                         ink_fraction=t.ink_fraction, jitter=t.jitter)  # fmt: skip
@@ -335,10 +335,10 @@ def train_step(preset: str, data: Path, args, s: dict) -> dict:
         t0 = time.perf_counter()
         batch = next(loader)
         t1 = time.perf_counter()
-        xb, yb = trainer._prepare(batch)
+        xb, yb = trainer.stepper.prepare(batch)
         sync(device)
         t2 = time.perf_counter()
-        trainer._optimise(xb, yb)
+        trainer.stepper.optimise(xb, yb)
         sync(device)
         if i >= s["step_warmup"]:
             times[i - s["step_warmup"]] = (t1 - t0, t2 - t1, time.perf_counter() - t2)

@@ -3,9 +3,10 @@
     python bench/bench_train.py [--data DIR] [--config cpu-demo] [--steps 30] [--workers 0 2]
 
 Runs the real training pieces (`kit.train.loop` trainer: sampler, TileDataset/DataLoader,
-`_prepare` = to-device + normalize + augment_batch, `_optimise` = micro-batches + AdamW) on fold 0
-and prints, per num_workers value, the share of the step spent waiting for data and augmenting,
-and the tiles/s. Without --data it generates the default demo dataset in a temp directory.
+`Stepper.prepare` = to-device + normalize + augment_batch, `Stepper.optimise` = micro-batches +
+AdamW) on fold 0 and prints, per num_workers value, the share of the step spent waiting for
+data and augmenting, and the tiles/s. Without --data it generates the default demo dataset in a
+temp directory.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ def bench(config, data_dir: Path, folds: Path, out: Path, *, steps: int, warmup:
         t0 = time.perf_counter()
         batch = next(loader)
         t1 = time.perf_counter()
-        x, y = trainer._prepare(batch)
+        x, y = trainer.stepper.prepare(batch)
         t2 = time.perf_counter()
-        trainer._optimise(x, y)
+        trainer.stepper.optimise(x, y)
         t3 = time.perf_counter()
         if i >= warmup:
             times[i - warmup] = (t1 - t0, t2 - t1, t3 - t2)

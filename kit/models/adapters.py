@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ADAPTERS = ("conv1x1", "stem3d", "mosaic")
-
 
 class ChannelAverage(nn.Module):
     """1×1 conv C -> 3 initialised to the mean over channels."""
@@ -110,7 +108,7 @@ class Mosaic(ChannelAverage):
 
 
 def build_adapter(name: str, in_channels: int) -> ChannelAverage:
-    """`name` in ADAPTERS (validated by the caller)."""
+    """`name` in kit.models.sam_family.ADAPTERS (checked with the config)."""
     if name == "stem3d":
         return Stem3d(in_channels)
     if name == "mosaic":

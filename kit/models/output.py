@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+if TYPE_CHECKING:  # annotations only: importing kit.models loads no torch (registry.py)
+    import torch
 
 
 class ModelOutput(NamedTuple):

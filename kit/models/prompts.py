@@ -18,9 +18,7 @@ import torch
 
 from kit.config import ModelConfig
 from kit.errors import KitError
-
-PROMPT_MODES = ("none", "box", "points")
-POINT_SAMPLING = ("labels", "grid", "error")
+from kit.models.sam_family import POINT_SAMPLING
 
 
 class Prompts(NamedTuple):

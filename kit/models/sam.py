@@ -14,7 +14,6 @@ checkpoints, plus the kit's own `adapter.*` (and `...qkv.lora_a/b` under LoRA).
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from kit.models.adapters import build_adapter
 from kit.models.output import ModelOutput
 from kit.models.prompts import Prompts, whole_tile_box
+from kit.models.sam_family import SamSpec
 
 if TYPE_CHECKING:
     from kit.models.embedding_cache import EmbeddingCache
@@ -34,42 +34,6 @@ if TYPE_CHECKING:
 # Meta's pixel statistics in the 0-255 frame (segment_anything.build_sam).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-@dataclass(frozen=True)
-class SamSpec:
-    embed_dim: int
-    depth: int
-    num_heads: int
-    global_attn_indexes: tuple[int, ...]
-    patch_size: int = 16
-    window_size: int = 14
-    prompt_dim: int = 256
-    decoder_mlp_dim: int = 2048
-    decoder_heads: int = 8
-    iou_hidden_dim: int = 256
-
-
-SAM_VARIANTS: dict[str, SamSpec] = {
-    # Meta's hyperparameters (segment_anything/build_sam.py)
-    "vit_b": SamSpec(768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": SamSpec(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": SamSpec(1280, 32, 16, (7, 15, 23, 31)),
-    # From-scratch CPU variants, same code path. Patch 8 so a 64-px demo tile still has 8×8
-    # tokens and 32×32 low-res masks; no Meta checkpoint fits them.
-    "vit_tiny": SamSpec(
-        96, 4, 3, (1, 3), patch_size=8, window_size=4, prompt_dim=64, decoder_mlp_dim=256,
-        decoder_heads=4, iou_hidden_dim=64,
-    ),
-    "vit_tiny4": SamSpec(
-        96, 4, 3, (1, 3), patch_size=4, window_size=4, prompt_dim=64, decoder_mlp_dim=256,
-        decoder_heads=4, iou_hidden_dim=64,
-    ),
-    "vit_tiny16": SamSpec(
-        96, 4, 3, (1, 3), patch_size=16, window_size=14, prompt_dim=64, decoder_mlp_dim=256,
-        decoder_heads=4, iou_hidden_dim=64,
-    ),
-}  # fmt: skip
 
 
 class SamSegmenter(nn.Module):

@@ -1,12 +1,15 @@
 """A 2.5D U-Net: any timm encoder (`features_only=True`, `in_chans=C`) and a light decoder.
 
 The C slices enter the encoder's first conv directly. `pretrained=False` always: timm weights
-come only from a local file through `kit.models.load_pretrained` (no downloads here).
+come only from a local file (`load_timm_weights`, through `kit.models.load_pretrained`; no
+downloads here).
 """
 
 from __future__ import annotations
 
 import difflib
+import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -67,14 +70,8 @@ class TimmUnet(nn.Module):
         self.final = _conv_block(cin, final) if self.has_final else nn.Identity()
         self.head = nn.Conv2d(final if self.has_final else cin, 1, kernel_size=1)
 
-    def forward(
-        self, x: torch.Tensor, prompts: object = None, *, cache: object = None, **_: object
-    ) -> ModelOutput:
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         """x (B, C, T, T) -> ModelOutput(logits (B, 1, T, T), None)."""
-        if prompts is not None:
-            raise KitError("the U-Net family takes no prompts; set model.prompt=none")
-        if cache is not None:
-            raise KitError("the embedding cache is for a frozen SAM encoder, not the U-Net")
         feats = self.encoder(x)
         h = feats[-1]
         for block, skip in zip(self.blocks, reversed(feats[:-1]), strict=True):
@@ -83,3 +80,36 @@ class TimmUnet(nn.Module):
         if self.has_final:
             h = self.final(F.interpolate(h, size=x.shape[-2:], mode="bilinear"))
         return ModelOutput(self.head(h), None)
+
+
+def load_timm_weights(model: TimmUnet, path: Path, *, variant: str, in_channels: int) -> None:
+    """A timm state dict of `variant` (classifier included, optionally under "state_dict" or
+    "model"), loaded strictly into a full timm model first (the stem conv adapted from 3 to C
+    channels), then into `model.encoder`."""
+    import timm
+    from timm.models import adapt_input_conv
+
+    if not path.is_file():
+        raise KitError(f"pretrained weights {path} do not exist; give a local timm .pth file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    c = in_channels
+    full = timm.create_model(variant, pretrained=False, in_chans=c)
+    target = full.state_dict()
+    for key, value in state.items():
+        if key in target and value.ndim == 4 and value.shape[1] != c == target[key].shape[1]:
+            state[key] = adapt_input_conv(c, value)
+    try:
+        full.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise KitError(f"{path} does not fit timm model {variant!r} (strict load): {exc}") from exc
+    source = full.state_dict()
+    encoder_state = {}
+    for key in model.encoder.state_dict():
+        # features_only nets may flatten `stages.1` into `stages_1`
+        original = key if key in source else re.sub(r"^([A-Za-z]+)_(\d+)", r"\1.\2", key)
+        encoder_state[key] = source[original]
+    model.encoder.load_state_dict(encoder_state, strict=True)

@@ -108,7 +108,7 @@ def fit_budget(trainer) -> dict:
     trainer.config = dataclasses.replace(
         config, train=dataclasses.replace(t, steps_per_epoch=per_epoch, warmup_steps=warmup)
     )
-    trainer._build_optimisation()  # fresh optimizer, scheduler, scaler, EMA, generator
+    trainer.stepper.reset(trainer.config)  # fresh optimizer, scheduler, scaler, EMA, generator
     fixed = timings.setup + n_val * timings.validation + t.epochs * timings.epoch
     note = ""
     if fixed + steps * timings.step > budget_s * 1.1:
@@ -138,7 +138,7 @@ def fit_budget(trainer) -> dict:
 def calibrate(trainer, *, steps: int = CALIBRATION_STEPS) -> Timings:
     """Time real steps, a partial validation and a checkpoint save; leave the model and RNG
     states as they were. The caller rebuilds the optimizer, scheduler, scaler, EMA and
-    augmentation generator (`_build_optimisation`), which these steps moved on.
+    augmentation generator (`Stepper.reset`), which these steps moved on.
     Under DDP every rank takes part in the steps, rank 0's timings are broadcast."""
     from kit.train.dataset import TileDataset, tile_loader
     from kit.train.sampler import epoch_tiles
@@ -151,28 +151,28 @@ def calibrate(trainer, *, steps: int = CALIBRATION_STEPS) -> Timings:
             torch.cuda.synchronize(tr.device)
         return time.perf_counter()
 
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in tr.model.state_dict().items()}
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in tr.stepper.model.state_dict().items()}
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
            torch.cuda.get_rng_state(tr.device) if cuda else None)  # fmt: skip
     per_step = tr._tiles_per_step()
     tiles = epoch_tiles(
         tr.candidates, epoch=0, seed=t.seed, ink_fraction=t.ink_fraction,
-        jitter=t.jitter and tr.cache is None, count=steps * per_step * tr.info.world_size,
+        jitter=t.jitter and not tr.hooks.plain_tiles, count=steps * per_step * tr.info.world_size,
     )  # fmt: skip
     tiles = ddp.shard(tiles, tr.info)
     dataset = TileDataset(
         tr.data.train, tr.data.train_labels, tr.stats, tiles, tr.config.data,
-        skip_image=tr._cached_tiles(tiles),
+        skip_image=tr._skip_images(tiles),
     )  # fmt: skip
     loader = tile_loader(dataset, batch_size=per_step, num_workers=t.num_workers, device=tr.device)
     start = now()
     batches = iter(loader)
     batch = next(batches)
     first_batch = now() - start
-    tr._step(batch)  # warm-up
+    tr.stepper.step(batch)  # warm-up
     durations, mark = [], now()
     for batch in batches:
-        tr._step(batch)
+        tr.stepper.step(batch)
         durations.append(now() - mark)
         mark = now()
     step = float(np.mean(durations)) if durations else now() - start
@@ -180,15 +180,13 @@ def calibrate(trainer, *, steps: int = CALIBRATION_STEPS) -> Timings:
     if tr.info.is_main:
         validation = _validation_seconds(tr)
         save = _save_seconds(tr)
-    tr.model.load_state_dict(weights)
+    tr.stepper.model.load_state_dict(weights)
     torch.set_rng_state(rng[0])
     np.random.set_state(rng[1])
     random.setstate(rng[2])
     if cuda:
         torch.cuda.set_rng_state(rng[3], tr.device)
-    if tr.cache is not None:  # the run encodes its tiles itself, as an unbudgeted one would
-        tr.cache.clear()
-        tr.cache.hits = tr.cache.misses = 0
+    tr.hooks.reset()  # e.g. cached embeddings: the run encodes its tiles itself
     if t.checkpoint_every > 0:
         step += save / t.checkpoint_every
     measured = [time.monotonic() - tr.started, step, validation + save, first_batch + save]
@@ -205,7 +203,7 @@ def _validation_seconds(tr) -> float:
     from kit.metrics import best_threshold
 
     config, device = tr.config, str(tr.device)
-    model = tr._inference_model()
+    model = tr.stepper.inference_model()
     regions = [
         (f, r) for f, ranges in zip(tr.data.val, tr.data.val_rows, strict=True) for r in ranges
     ]

@@ -2,7 +2,7 @@
 
 Workers read only the tile's window through `kit.data.preprocess.read_window` (never a whole
 volume) and return it still as uint16, with the fragment's normalisation stats and the label
-window; normalisation and augmentation happen batched on the device (`kit.train.loop`).
+window; normalisation and augmentation happen batched on the device (`kit.train.step`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class TileDataset(Dataset):
 
     Returns {"image": uint16 (C, T, T), "label": uint8 (1, T, T), "stats": float32 (2,),
     "tile": int64 (3,) the tile row}. Where `skip_image[i]` is true the image is zeros and never
-    read (its embedding is already cached; see `kit.train.loop`).
+    read (its embedding is already cached; see `kit.models.sam_training`).
     Labels (2-D uint8, one per fragment) are held in memory and shared copy-on-write with forked
     workers; the fragments pickle as paths and reopen their files in each worker.
     """

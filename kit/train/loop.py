@@ -1,9 +1,10 @@
 """Fine-tune one fold: `train_fold(config, data_dir=..., fold=K, out=RUN_DIR)`.
 
-One optimiser step = one loader batch of `batch_size × accumulate` tiles per rank, normalised and
-augmented on the device, then split into micro-batches (`batch_size`, halved on CUDA OOM) whose
-gradients accumulate. The k-th step of an epoch always sees the same tiles (the sampler is seeded
-by seed+epoch), and `last.pt` carries every RNG state, so `--resume` replays the exact next batch.
+One optimiser step = one loader batch of `batch_size × accumulate` tiles per rank (step.py:
+normalised and augmented on the device, micro-batches whose gradients accumulate). The k-th step
+of an epoch always sees the same tiles (the sampler is seeded by seed+epoch), and `last.pt`
+carries every RNG state (resume.py), so `--resume` replays the exact next batch. Validation
+(validate.py) stitches the held-out regions and keeps the best checkpoint.
 
 Run directory (INTERFACE.md):
     config.yaml  run.json  metrics.csv  tensorboard/  report/
@@ -18,28 +19,39 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from kit.augment import augment_batch
 from kit.checkpoint import load_checkpoint, save_checkpoint
-from kit.config import Config, config_from_dict, config_to_dict, save_config, unresolved
+from kit.config import Config, config_to_dict, save_config, unresolved
 from kit.data.fragment import Fragment
-from kit.data.preprocess import fragment_stats, normalize
+from kit.data.preprocess import fragment_stats
 from kit.errors import KitError
 from kit.io import write_png
+from kit.models import build_model, check_model_config, load_pretrained, training_hooks
 from kit.train import ddp
 from kit.train.budget import fit_budget, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
+from kit.train.resume import TrainState, check_resumable, restore, save_last
 from kit.train.sampler import epoch_tiles, tile_candidates
+from kit.train.step import Stepper, lr_factor
+from kit.train.validate import validate, write_previews
+
+__all__ = [
+    "FoldData",
+    "TrainState",
+    "finished_run",
+    "load_fold_data",
+    "lr_factor",
+    "total_steps",
+    "train_fold",
+]
 
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "f05", "threshold", "tiles_per_s", "seconds"]
 
@@ -54,21 +66,6 @@ class FoldData:
     val: list[Fragment]
     val_rows: list[list[tuple[int, int]]]
     regions: list  # kit.data.folds.Region held out in this fold
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    best_score: float = -1.0
-    best_threshold: float | None = None
-    micro_batch: int = 0
-    history: list[dict] = field(default_factory=list)
-    # The running epoch's totals so far, saved in mid-epoch checkpoints so that a resumed
-    # epoch's metrics.csv row still averages the whole epoch.
-    epoch_sums: dict[str, float] = field(default_factory=dict)
-    epoch_steps: int = 0
-    epoch_tiles: int = 0
-    epoch_seconds: float = 0.0
 
 
 def train_fold(
@@ -106,14 +103,6 @@ def total_steps(config: Config, max_steps: int | None) -> int:
     """Optimiser steps this invocation trains to: all epochs, or fewer with --max-steps."""
     full = config.train.epochs * config.train.steps_per_epoch
     return min(full, max_steps) if max_steps is not None else full
-
-
-def lr_factor(step: int, *, warmup: int, total: int) -> float:
-    """Linear warmup to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def finished_run(out: Path, config: Config, max_steps: int | None) -> bool:
@@ -174,38 +163,6 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
     )  # fmt: skip
 
 
-def check_embedding_cache(config: Config) -> None:
-    """KitError unless `train.embedding_cache` can work: a SAM model with a frozen encoder."""
-    m = config.model
-    if not config.train.embedding_cache:
-        return
-    if m.family != "sam":
-        raise KitError(
-            f"train.embedding_cache=true caches SAM image embeddings, but model.family={m.family!r}; "
-            "set train.embedding_cache=false (or use model.family=sam with model.train_mode=frozen)"
-        )
-    if m.train_mode != "frozen":
-        raise KitError(
-            f"train.embedding_cache=true needs a frozen SAM encoder, but model.train_mode="
-            f"{m.train_mode!r} changes it every step; set model.train_mode=frozen, "
-            "or train.embedding_cache=false"
-        )
-
-
-def cache_ignores(config: Config) -> list[str]:
-    """The settings an embedding-cache run ignores: jitter and every image augmentation (the
-    cached embedding is the unaugmented tile's; no transform of it equals encoding a transformed
-    tile)."""
-    ignored = ["train.jitter"] if config.train.jitter else []
-    return ignored + [
-        f"augment.{k}" for k, v in asdict(config.augment).items() if k.startswith("p_") and v > 0
-    ]
-
-
-class _SomeRankOutOfMemory(Exception):
-    """A DDP rank ran out of CUDA memory in this micro-batch: every rank halves it together."""
-
-
 class _Trainer:
     """The state of one training run; `run()` is the whole job."""
 
@@ -223,9 +180,9 @@ class _Trainer:
         self.info, self.device, self.progress = info, device, progress
         self.last_path = out / "checkpoints" / "last.pt"
         self.best_path = out / "checkpoints" / "best.pt"
-        self.state = TrainState(micro_batch=config.train.batch_size)
+        self.oof_dir, self.report_dir = out / "oof", out / "report"
+        self.state = TrainState()
         self.last_tiles = np.zeros((0, 3), dtype=np.int64)  # this rank's tiles of the epoch
-        self._last_points = None
 
     # -- setup ---------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -247,7 +204,7 @@ class _Trainer:
         )
         if resume_state is not None:  # a budgeted run keeps the length it resolved
             self.config = resolved_config(self.config, resume_state["config"])
-            self._check_resumable(resume_state)
+            check_resumable(self.config, resume_state, self.last_path)
         self._setup(resume_state)
         self._train(total_steps(self.config, self.max_steps))
         ddp.barrier(self.info)
@@ -279,28 +236,9 @@ class _Trainer:
             )
         self.probe = record
 
-    def _check_resumable(self, saved: dict) -> None:
-        ours, theirs = config_to_dict(self.config), saved["config"]
-        with contextlib.suppress(KitError):  # fields added since it was saved: their defaults
-            theirs = config_to_dict(config_from_dict(theirs))
-        free = ("epochs", "num_workers", "checkpoint_every")  # may change on resume
-        for section in ours:  # the rest defines the run
-            if section == "train":
-                a = {k: v for k, v in ours[section].items() if k not in free}
-                b = {k: v for k, v in theirs[section].items() if k not in free}
-            else:
-                a, b = ours[section], theirs.get(section)
-            if a != b:
-                raise KitError(
-                    f"--resume: section {section!r} differs from the config in {self.last_path}; "
-                    "resume with the same --config/--set, or give a new --out"
-                )
-
     def _setup(self, saved: dict | None) -> None:
-        from kit.models import build_model, load_pretrained
-
         config, t = self.config, self.config.train
-        check_embedding_cache(config)
+        check_model_config(config)
         if self.device.type == "cpu" and t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
         torch.manual_seed(t.seed)
@@ -326,15 +264,20 @@ class _Trainer:
             r = self.init_record
             skipped = "; ".join(r["skipped"]) or "none"
             self._say(f"init from {r['checkpoint']}: {r['loaded']} tensors; skipped: {skipped}")
-        self.model = model.to(self.device)
-        self.cache = self._make_cache()
-        self._build_optimisation()
+        model = model.to(self.device)
+        self.hooks = training_hooks(
+            config, model, fragments=[f.id for f in self.data.train],
+            n_tiles=len(self.candidates), device=self.device,
+        )  # fmt: skip
+        for note in self.hooks.notes():
+            self._say(note)
+        self.stepper = Stepper(
+            config, model, self.hooks, info=self.info, device=self.device, on_oom=self._oom
+        )
         if saved is not None:
-            self._restore(saved)
-        self.ddp_model = self.model
-        if self.info.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            restore(saved, stepper=self.stepper, state=self.state)
+            self._say(f"resuming {self.out} at step {self.state.step}")
+        self.stepper.distribute()
         if saved is None and self.config.train.budget_minutes > 0:
             self.budget = fit_budget(self)  # resolves train.steps_per_epoch and warmup_steps
         if self.info.is_main:
@@ -345,37 +288,9 @@ class _Trainer:
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
-    def _build_optimisation(self) -> None:
-        """A fresh optimizer, LR schedule, grad scaler, EMA and augmentation generator for
-        `self.model` and `self.config` (again after a budget calibration moved them on)."""
-        from kit.models import param_groups
-
-        t = self.config.train
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, self.config), lr=t.lr, weight_decay=t.weight_decay
-        )
-        self.total = t.epochs * t.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup=t.warmup_steps, total=self.total)
-        )
-        cuda = self.device.type == "cuda"
-        self.amp_dtype = (
-            {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp) if cuda else None
-        )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-        self.ema = None
-        if t.ema > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True
-            )
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(t.seed * 1_000_003 + self.info.rank)
-
     def _write_run_files(self) -> None:
-        (self.out / "oof").mkdir(parents=True, exist_ok=True)
-        (self.out / "checkpoints").mkdir(exist_ok=True)
+        self.oof_dir.mkdir(parents=True, exist_ok=True)
+        self.last_path.parent.mkdir(exist_ok=True)
         save_config(self.config, self.out / "config.yaml")
         run = {"data": str(self.data_dir.resolve()), "fold": self.fold,
                "folds_csv": str(self.folds_csv.resolve())}  # fmt: skip
@@ -390,106 +305,23 @@ class _Trainer:
         if self.init_record is not None:
             run["init_from"] = self.init_record
         (self.out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-        with open(self.out / "oof" / "regions.csv", "w", newline="") as f:
+        with open(self.oof_dir / "regions.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["fragment", "fold", "row_start", "row_end"])
             for r in self.data.regions:
                 w.writerow([r.fragment, r.fold, r.row_start, r.row_end])
 
-    def _make_cache(self):
-        """The run's EmbeddingCache on the device, or None; prints what it ignores and costs."""
-        if not self.config.train.embedding_cache:
-            return None
-        from kit.models.embedding_cache import EmbeddingCache
-
-        ignored = cache_ignores(self.config)
-        if ignored:
-            self._say(
-                "embedding cache: tiles are neither jittered nor augmented, so each tile's "
-                f"embedding is computed once; ignoring {', '.join(ignored)} (set them to 0/false "
-                "to silence this note)"
-            )
-        pe = self.model.prompt_encoder
-        h, w = pe.image_embedding_size
-        per_tile = pe.embed_dim * h * w * 4
-        n = len(self.candidates)
-        self._say(
-            f"embedding cache: at most {n} tiles × {pe.embed_dim}×{h}×{w} × 4 B = "
-            f"{n * per_tile / 2**20:.1f} MiB on {self.device}"
-        )
-        return EmbeddingCache(device=str(self.device))
-
-    def _cache_keys(self, tiles: torch.Tensor) -> list[tuple] | None:
-        """tile_key of each (fragment index, y, x) row of `tiles` (B, 3), or None without a cache."""
-        if self.cache is None:
-            return None
-        from kit.models.embedding_cache import tile_key
-
-        d = self.config.data
-        return [
-            tile_key(self.data.train[f].id, y, x, d.z_start, d.z_end) for f, y, x in tiles.tolist()
-        ]
-
-    # -- checkpoints ---------------------------------------------------------------------------
-    def _inference_model(self) -> torch.nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
     def _save_last(self) -> None:
-        s = self.state
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-               "python": random.getstate(), "augment": self.generator.get_state()}  # fmt: skip
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        save_checkpoint(self.last_path, {
-            "config": config_to_dict(self.config),
-            "model": self._inference_model().state_dict(),
-            "train_model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": rng,
-            "step": s.step,
-            "epoch": s.step // self.config.train.steps_per_epoch,
-            "best_score": s.best_score,
-            "best_threshold": s.best_threshold,
-            "micro_batch": s.micro_batch,
-            "accumulate": self._tiles_per_step() // s.micro_batch,
-            "history": s.history,
-            "epoch_progress": {"sums": s.epoch_sums, "steps": s.epoch_steps,
-                               "tiles": s.epoch_tiles, "seconds": s.epoch_seconds},
-        })  # fmt: skip
-
-    def _restore(self, saved: dict) -> None:
-        self.model.load_state_dict(saved["train_model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.ema is not None and saved.get("ema") is not None:
-            self.ema.load_state_dict(saved["ema"])
-        rng = saved["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.generator.set_state(rng["augment"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        s = self.state
-        s.step, s.best_score, s.best_threshold = (
-            saved["step"],
-            saved["best_score"],
-            saved["best_threshold"],
-        )
-        s.micro_batch, s.history = saved["micro_batch"], list(saved.get("history", []))
-        if s.step % self.config.train.steps_per_epoch and "epoch_progress" in saved:
-            p = saved["epoch_progress"]
-            s.epoch_sums, s.epoch_steps = dict(p["sums"]), p["steps"]
-            s.epoch_tiles, s.epoch_seconds = p["tiles"], p["seconds"]
-        self._say(f"resuming {self.out} at step {s.step}")
+        save_last(self.last_path, config=self.config, stepper=self.stepper, state=self.state)
 
     # -- training ------------------------------------------------------------------------------
     def _tiles_per_step(self) -> int:
         return self.config.train.batch_size * self.config.train.accumulate
+
+    def _skip_images(self, tiles: np.ndarray) -> np.ndarray | None:
+        """bool (N,): tiles the loader need not read (the hooks cached them), None: read all;
+        --log-images reads all, its preview shows the input."""
+        return None if self.log_images else self.hooks.cached(tiles)
 
     def _train(self, target: int) -> None:
         t, s = self.config.train, self.state
@@ -500,14 +332,14 @@ class _Trainer:
             epoch, first = divmod(s.step, t.steps_per_epoch)
             tiles = epoch_tiles(
                 self.candidates, epoch=epoch, seed=t.seed, ink_fraction=t.ink_fraction,
-                jitter=t.jitter and self.cache is None,
+                jitter=t.jitter and not self.hooks.plain_tiles,
                 count=t.steps_per_epoch * per_step * self.info.world_size,
             )  # fmt: skip
             tiles = ddp.shard(tiles, self.info)[first * per_step :]
             self.last_tiles = tiles
             dataset = TileDataset(
                 self.data.train, self.data.train_labels, self.stats, tiles, self.config.data,
-                skip_image=self._cached_tiles(tiles),
+                skip_image=self._skip_images(tiles),
             )  # fmt: skip
             loader = tile_loader(
                 dataset, batch_size=per_step, num_workers=t.num_workers, device=self.device
@@ -516,7 +348,7 @@ class _Trainer:
                 s.epoch_sums, s.epoch_steps, s.epoch_tiles, s.epoch_seconds = {}, 0, 0, 0.0
             start = time.perf_counter() - s.epoch_seconds
             for batch in loader:
-                parts = self._step(batch)
+                parts = self.stepper.step(batch)
                 s.step += 1
                 s.epoch_steps += 1
                 s.epoch_tiles += per_step * self.info.world_size
@@ -524,7 +356,7 @@ class _Trainer:
                     s.epoch_sums[k] = s.epoch_sums.get(k, 0.0) + v
                 s.epoch_seconds = time.perf_counter() - start
                 rate = s.epoch_tiles / max(s.epoch_seconds, 1e-9)
-                lr = self._head_lr()
+                lr = self.stepper.head_lr()
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['total']:.4f}", lr=f"{lr:.2e}", tiles_s=f"{rate:.1f}")
                 if self.writer is not None:
@@ -537,7 +369,7 @@ class _Trainer:
                     self._save_last()
             seconds = s.epoch_seconds
             epoch_end = s.step % t.steps_per_epoch == 0
-            row = {"epoch": epoch + 1, "step": s.step, "lr": self._head_lr(),
+            row = {"epoch": epoch + 1, "step": s.step, "lr": self.stepper.head_lr(),
                    "tiles_per_s": s.epoch_tiles / max(seconds, 1e-9), "seconds": seconds}  # fmt: skip
             row.update(
                 {
@@ -554,229 +386,44 @@ class _Trainer:
             ddp.barrier(self.info)
         bar.close()
 
-    def _cached_tiles(self, tiles: np.ndarray) -> np.ndarray | None:
-        """bool (N,): tiles whose embedding is cached already, so the loader need not read them
-        (None without a cache, or with --log-images, whose preview shows the input)."""
-        if self.cache is None or self.log_images:
-            return None
-        keys = self._cache_keys(torch.from_numpy(np.asarray(tiles)).reshape(-1, 3))
-        return np.array([k in self.cache for k in keys], dtype=bool)
-
     def _mid_epoch_checkpoint_due(self) -> bool:
         """Rank 0, every train.checkpoint_every steps, except at epoch ends (saved anyway)."""
         every, step = self.config.train.checkpoint_every, self.state.step
         mid_epoch = step % self.config.train.steps_per_epoch != 0
         return self.info.is_main and every > 0 and step % every == 0 and mid_epoch
 
-    def _head_lr(self) -> float:
-        """The learning rate of the group with `lr_scale` 1 (the head; train.lr × schedule).
-        Under layer decay param_groups[0] is the lowest layer's, train.lr × decay^L."""
-        groups = self.optimizer.param_groups
-        return max(groups, key=lambda g: g.get("lr_scale", 1.0))["lr"]
-
-    def _step(self, batch: dict) -> dict[str, float]:
-        """One optimiser step over a loader batch; returns the mean loss parts."""
-        x, y = self._prepare(batch)
-        return self._optimise(x, y, keys=self._cache_keys(batch["tile"]))
-
-    def _prepare(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loader batch -> device, normalised and augmented: x (B, C, T, T), y (B, 1, T, T).
-        With the embedding cache, no augmentation (cached embeddings are of the plain tile)."""
-        nb = self.device.type == "cuda"
-        x = batch["image"].to(self.device, non_blocking=nb)
-        y = batch["label"].to(self.device, non_blocking=nb).float()
-        x = normalize(x, batch["stats"], self.config.data)
-        if self.cache is None:
-            x, y = augment_batch(x, y, config=self.config.augment, generator=self.generator)
-        self._last_batch = (x, y, self._cache_keys(batch["tile"]))
-        return x, y
-
-    def _optimise(
-        self, x: torch.Tensor, y: torch.Tensor, *, keys: list | None = None
-    ) -> dict[str, float]:
-        """Forward/backward over micro-batches, clip, optimiser, scheduler and EMA steps.
-        `keys` (one per tile) look the embeddings up in the embedding cache, if any."""
-        from kit.models.losses import segmentation_loss
-
-        while True:
-            try:
-                parts = self._accumulate(x, y, segmentation_loss, keys)
-                break
-            except (torch.cuda.OutOfMemoryError, _SomeRankOutOfMemory) as error:
-                if self.info.distributed and isinstance(error, torch.cuda.OutOfMemoryError):
-                    raise RuntimeError(
-                        f"rank {self.info.rank}: CUDA out of memory in the last micro-batch of a "
-                        "step (the one whose backward synchronises the gradients), which the "
-                        "ranks cannot agree to retry; lower train.batch_size and raise "
-                        "train.accumulate by the same factor (same effective batch)"
-                    ) from error
-                if self.state.micro_batch <= 1:
-                    raise
-                self.optimizer.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-                if self.info.distributed:  # the failed forward left this flag rank-dependent
-                    self.ddp_model.require_forward_param_sync = True
-                old = self.state.micro_batch
-                self.state.micro_batch = old // 2
-                every = " on every rank" if self.info.distributed else ""
-                msg = (f"CUDA out of memory at micro-batch {old}: now micro-batch {old // 2} × "
-                       f"{-(-len(x) // (old // 2))} accumulation steps{every} (same batch)")  # fmt: skip
-                if self.info.is_main:
-                    tqdm.write(msg)
-                if self.writer is not None:
-                    self.writer.add_text("oom", msg, self.state.step)
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-        if self.config.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        return parts
-
-    def _accumulate(self, x: torch.Tensor, y: torch.Tensor, loss_fn, keys) -> dict[str, float]:
-        """Gradients of the batch over micro-batches; returns the mean loss parts.
-
-        Under DDP the ranks must run the same micro-batches (forwards broadcast buffers, the
-        last backward all-reduces gradients): after each non-final micro-batch (forward and
-        backward under `no_sync`) they all-reduce an out-of-memory flag, and if any rank ran
-        out, all raise `_SomeRankOutOfMemory` and retry with half the micro-batch together.
-        The last micro-batch's forward arms DDP's gradient hooks, so an OOM there cannot be
-        retried consistently: under DDP it stops the run (single process: halved as well).
-        """
-        self.optimizer.zero_grad(set_to_none=True)
-        micro = self.state.micro_batch
-        prompts = self._prompts(x, y, keys)
-        totals: dict[str, float] = {}
-        starts = range(0, len(x), micro)
-        for i, start in enumerate(starts):
-            part = slice(start, start + micro)
-            xc, yc = x[part], y[part]
-            kwargs = {}
-            if keys is not None:
-                kwargs.update(cache=self.cache, cache_keys=keys[part])
-            if prompts is not None:
-                kwargs["prompts"] = type(prompts)(
-                    *(p[part] if p is not None else None for p in prompts)
-                )
-            final = i == len(starts) - 1
-            sync = not self.info.distributed or final
-            ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
-            weight = len(xc) / len(x)
-            if final:
-                losses = self._forward(xc, yc, kwargs, loss_fn)
-                self._backward(losses, weight)
-            else:
-                out_of_memory = False
-                try:
-                    with ctx:
-                        losses = self._forward(xc, yc, kwargs, loss_fn)
-                        self._backward(losses, weight)
-                except torch.cuda.OutOfMemoryError:
-                    if not self.info.distributed:
-                        raise
-                    out_of_memory = True
-                if self.info.distributed and ddp.any_flag(self.info, out_of_memory):
-                    raise _SomeRankOutOfMemory
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) * weight
-        return totals
-
-    def _forward(self, x: torch.Tensor, y: torch.Tensor, kwargs: dict, loss_fn) -> dict:
-        """Model and loss of one micro-batch under autocast: the loss parts (tensors)."""
-        autocast = torch.autocast(
-            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-        )
-        with autocast:
-            output = self.ddp_model(x, **kwargs)
-            return loss_fn(output, y, config=self.config.loss)
-
-    def _backward(self, losses: dict, weight: float) -> None:
-        self.scaler.scale(losses["total"].float() * weight).backward()
-
-    def _prompts(self, x: torch.Tensor, y: torch.Tensor, keys: list | None):
-        """SAM point prompts for `model.prompt: points` (a training experiment), else None."""
-        if self.config.model.prompt != "points":
-            return None
-        from kit.models.prompts import training_prompts
-
-        pred = None
-        if self.config.model.point_sampling == "error":  # points on the current model's errors
-            cached = {"cache": self.cache, "cache_keys": keys} if keys is not None else {}
-            with torch.no_grad():
-                pred = self.model(x, **cached).logits
-        prompts = training_prompts(self.config.model, y, pred_logits=pred, generator=self.generator)
-        self._last_points = (prompts.coords, prompts.labels) if prompts is not None else None
-        return prompts
+    def _oom(self, msg: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text("oom", msg, self.state.step)
 
     # -- validation ----------------------------------------------------------------------------
     def _validate(self, epoch: int) -> dict[str, float]:
-        """Stitch every held-out region (rank 0), F0.5 at the best threshold, keep best.pt."""
+        """Held-out F0.5 (rank 0); a better score writes best.pt and the OOF maps."""
         if not self.info.is_main:
             return {}
-        from kit.infer.stitch import predict_fragment
-        from kit.metrics import best_threshold
-
-        model = self._inference_model()
-        model.eval()
-        maps, probs, targets = {}, [], []
-        for fragment, ranges in zip(self.data.val, self.data.val_rows, strict=True):
-            full = np.zeros(fragment.shape, dtype=np.uint8)
-            keep = np.zeros(fragment.shape[0], dtype=bool)
-            for r0, r1 in ranges:
-                pred = predict_fragment(model, self.config, fragment, rows=(r0, r1),
-                                        device=str(self.device), progress=False)  # fmt: skip
-                full[r0:r1] = pred[r0:r1]
-                keep[r0:r1] = True
-            labels = fragment.labels()
-            if labels is None:
-                raise KitError(f"{fragment.path / 'inklabels.png'} is missing: cannot validate")
-            inside = fragment.mask() & keep[:, None]
-            maps[fragment.id] = full
-            probs.append(full[inside])
-            targets.append(labels[inside])
-        model.train()
-        threshold, score = best_threshold(np.concatenate(probs), np.concatenate(targets))
-        threshold, score = float(threshold), float(score)
+        model = self.stepper.inference_model()
+        v = validate(model, self.config, self.data, device=str(self.device))
         s = self.state
-        if score > s.best_score:
-            s.best_score, s.best_threshold = score, threshold
-            for name, full in maps.items():
-                write_png(self.out / "oof" / f"{name}.png", full)
+        if v.score > s.best_score:
+            s.best_score, s.best_threshold = v.score, v.threshold
+            for name, full in v.maps.items():
+                write_png(self.oof_dir / f"{name}.png", full)
             save_checkpoint(self.best_path, {
                 "config": config_to_dict(self.config), "model": model.state_dict(),
-                "step": s.step, "epoch": epoch, "score": score, "threshold": threshold,
+                "step": s.step, "epoch": epoch, "score": v.score, "threshold": v.threshold,
             })  # fmt: skip
         if self.writer is not None:
-            self.writer.add_scalar("val/f05", score, s.step)
-            self.writer.add_scalar("val/threshold", threshold, s.step)
+            self.writer.add_scalar("val/f05", v.score, s.step)
+            self.writer.add_scalar("val/threshold", v.threshold, s.step)
         if self.log_images:
-            self._previews(epoch, maps)
+            write_previews(
+                self.report_dir, epoch, config=self.config, data=self.data, maps=v.maps,
+                model=self.stepper.model, batch=self.stepper.last_batch, hooks=self.hooks,
+            )  # fmt: skip
         if self.progress:
-            tqdm.write(f"epoch {epoch} step {s.step}: held-out F0.5 {score:.4f} at threshold "
-                       f"{threshold:.3f} (best {s.best_score:.4f})")  # fmt: skip
-        return {"f05": score, "threshold": threshold}
-
-    def _previews(self, epoch: int, maps: dict[str, np.ndarray]) -> None:
-        from kit.train.preview import training_preview, validation_preview
-
-        folder = self.out / "report"
-        folder.mkdir(exist_ok=True)
-        for fragment, ranges in zip(self.data.val, self.data.val_rows, strict=True):
-            picture = validation_preview(fragment, self.config, maps[fragment.id], ranges)
-            cv2.imwrite(str(folder / f"epoch{epoch:03d}_{fragment.id}.png"), picture)
-        x, y, keys = self._last_batch
-        cached = {"cache": self.cache, "cache_keys": keys[:4]} if keys is not None else {}
-        with torch.no_grad():
-            self.model.eval()
-            logits = self.model(x[:4], **cached).logits.float()
-            self.model.train()
-        picture = training_preview(
-            x[:4], y[:4], torch.sigmoid(logits), getattr(self, "_last_points", None)
-        )
-        cv2.imwrite(str(folder / f"epoch{epoch:03d}_train.png"), picture)
+            tqdm.write(f"epoch {epoch} step {s.step}: held-out F0.5 {v.score:.4f} at threshold "
+                       f"{v.threshold:.3f} (best {s.best_score:.4f})")  # fmt: skip
+        return {"f05": v.score, "threshold": v.threshold}
 
     # -- output --------------------------------------------------------------------------------
     def _write_metrics(self) -> None:

@@ -94,7 +94,9 @@ def test_unknown_timm_encoder_and_bad_tile_are_kit_errors():
         build_model(tiny_config("unet", variant="resnet10x"))
     with pytest.raises(KitError, match="multiple of vit_tiny's patch size 8"):
         build_model(tiny_config(tile=36))
-    with pytest.raises(KitError, match="lora is for SAM"):
+    with pytest.raises(
+        KitError, match=r"train_mode='lora' is for model.family sam; .*\['frozen', 'full'\]"
+    ):
         build_model(tiny_config("unet", train_mode="lora"))
 
 

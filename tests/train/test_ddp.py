@@ -51,8 +51,8 @@ def _worker(rank: int, world: int, port: int, demo_dir: str, out: str) -> None:
     seen = trainer.last_tiles.tolist()
     # Parameters, not buffers: BatchNorm running stats stay per rank (DDP broadcasts rank 0's
     # before each forward; checkpoints hold rank 0's).
-    params = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
-    state = {"model": params, "tiles": seen, "micro_batch": trainer.state.micro_batch}
+    params = {k: v.detach().clone() for k, v in trainer.stepper.model.named_parameters()}
+    state = {"model": params, "tiles": seen, "micro_batch": trainer.stepper.micro_batch}
     torch.save(state, Path(out) / f"rank{rank}.pt")
     ddp.cleanup(info)
 

@@ -8,8 +8,11 @@ from kit.config import load_config
 from kit.errors import KitError
 from kit.models.embedding_cache import EmbeddingCache
 from kit.models.sam import SamSegmenter
+from kit.models.sam_family import cache_ignores
+from kit.models.sam_training import SamTrainingHooks
 from kit.train import loop
-from kit.train.loop import cache_ignores, train_fold
+from kit.train.loop import train_fold
+from kit.train.step import Stepper
 
 TINY = [
     "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34",
@@ -35,7 +38,7 @@ def test_cached_training_matches_uncached_and_encodes_each_tile_once(
     losses: list[float] = []
     encoded: list[int] = []  # tiles through the encoder in training mode (not validation)
     keys: list[tuple] = []
-    step, encode, embeddings = loop._Trainer._step, SamSegmenter.encode, EmbeddingCache.embeddings
+    step, encode, embeddings = Stepper.step, SamSegmenter.encode, EmbeddingCache.embeddings
 
     def counting_step(self, batch):
         parts = step(self, batch)
@@ -51,7 +54,7 @@ def test_cached_training_matches_uncached_and_encodes_each_tile_once(
         keys.extend(cache_keys)
         return embeddings(self, model, x, cache_keys)
 
-    monkeypatch.setattr(loop._Trainer, "_step", counting_step)
+    monkeypatch.setattr(Stepper, "step", counting_step)
     monkeypatch.setattr(SamSegmenter, "encode", counting_encode)
     monkeypatch.setattr(EmbeddingCache, "embeddings", recording_embeddings)
 
@@ -84,7 +87,7 @@ def test_cached_training_matches_uncached_and_encodes_each_tile_once(
     assert losses == cached_losses
     skipped = len(reads)
     reads.clear(), losses.clear()
-    monkeypatch.setattr(loop._Trainer, "_cached_tiles", lambda self, tiles: None)
+    monkeypatch.setattr(SamTrainingHooks, "cached", lambda self, tiles: None)
     _train(demo_dir, tmp_path / "cached-read-all", "train.embedding_cache=true")
     assert losses == cached_losses
     assert len(reads) == 9 * 8 > skipped

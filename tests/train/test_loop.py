@@ -19,8 +19,8 @@ from kit.checkpoint import load_checkpoint, model_from_checkpoint
 from kit.config import load_config
 from kit.data.fragment import Fragment
 from kit.errors import KitError
-from kit.train import loop
 from kit.train.loop import lr_factor, train_fold
+from kit.train.step import Stepper
 
 TINY = [
     "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34",
@@ -124,20 +124,20 @@ def test_resume_continues_with_the_same_batches(demo_dir, tmp_path, monkeypatch)
 
     # Killed during step 5 (epoch 2 = steps 4..6): the mid-epoch checkpoint of step 4
     # (train.checkpoint_every=2) is all that is left; resuming from it is the same run.
-    step = loop._Trainer._step
+    step = Stepper.step
 
     def dying_step(self, batch):
-        if self.state.step == 4:
+        if self.scheduler.last_epoch == 4:  # optimiser steps taken so far
             raise _Killed
         return step(self, batch)
 
-    monkeypatch.setattr(loop._Trainer, "_step", dying_step)
+    monkeypatch.setattr(Stepper, "step", dying_step)
     killed = tmp_path / "killed"
     with pytest.raises(_Killed):
         _train(demo_dir, killed, *extra, "train.checkpoint_every=2")
     state = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert state["step"] == 4 and len(state["history"]) == 1  # mid-epoch, not an epoch end
-    monkeypatch.setattr(loop._Trainer, "_step", step)
+    monkeypatch.setattr(Stepper, "step", step)
     _train(demo_dir, killed, *extra, "train.checkpoint_every=2", resume=True)
     _assert_same_weights(tmp_path / "straight", killed)
     assert _losses(killed) == _losses(tmp_path / "straight")  # epoch 2 averages all 3 steps

@@ -1,0 +1,119 @@
+"""Checkpoint and resume: `last.pt` carries the weights, the optimisation state, every RNG state
+and the run's progress, so `--resume` continues with exactly the batch the run would have taken.
+
+    save_last(path, config=..., stepper=..., state=...)   rank 0, at epoch ends and mid-epoch
+    check_resumable(config, saved, path)                   KitError unless `saved` is this run
+    restore(saved, stepper=..., state=...)                 back to where `saved` left off
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kit.checkpoint import save_checkpoint
+from kit.config import Config, config_from_dict, config_to_dict
+from kit.errors import KitError
+from kit.train.step import Stepper
+
+RESUME_FREE = ("epochs", "num_workers", "checkpoint_every")  # train.* that may change on resume
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_score: float = -1.0
+    best_threshold: float | None = None
+    history: list[dict] = field(default_factory=list)
+    # The running epoch's totals so far, saved in mid-epoch checkpoints so that a resumed
+    # epoch's metrics.csv row still averages the whole epoch.
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_steps: int = 0
+    epoch_tiles: int = 0
+    epoch_seconds: float = 0.0
+
+
+def save_last(path: Path, *, config: Config, stepper: Stepper, state: TrainState) -> None:
+    s, t = state, config.train
+    save_checkpoint(path, {
+        "config": config_to_dict(config),
+        "model": stepper.inference_model().state_dict(),
+        "train_model": stepper.model.state_dict(),
+        "optimizer": stepper.optimizer.state_dict(),
+        "scheduler": stepper.scheduler.state_dict(),
+        "scaler": stepper.scaler.state_dict(),
+        "ema": stepper.ema.state_dict() if stepper.ema is not None else None,
+        "rng": _rng_states(stepper),
+        "step": s.step,
+        "epoch": s.step // t.steps_per_epoch,
+        "best_score": s.best_score,
+        "best_threshold": s.best_threshold,
+        "micro_batch": stepper.micro_batch,
+        "accumulate": t.batch_size * t.accumulate // stepper.micro_batch,
+        "history": s.history,
+        "epoch_progress": {"sums": s.epoch_sums, "steps": s.epoch_steps,
+                           "tiles": s.epoch_tiles, "seconds": s.epoch_seconds},
+    })  # fmt: skip
+
+
+def check_resumable(config: Config, saved: dict, path: Path) -> None:
+    """KitError unless `saved` (the last.pt dict at `path`) was written with this config, up to
+    the train.* fields in RESUME_FREE."""
+    ours, theirs = config_to_dict(config), saved["config"]
+    with contextlib.suppress(KitError):  # fields added since it was saved: their defaults
+        theirs = config_to_dict(config_from_dict(theirs))
+    for section in ours:  # the rest defines the run
+        if section == "train":
+            a = {k: v for k, v in ours[section].items() if k not in RESUME_FREE}
+            b = {k: v for k, v in theirs[section].items() if k not in RESUME_FREE}
+        else:
+            a, b = ours[section], theirs.get(section)
+        if a != b:
+            raise KitError(
+                f"--resume: section {section!r} differs from the config in {path}; "
+                "resume with the same --config/--set, or give a new --out"
+            )
+
+
+def restore(saved: dict, *, stepper: Stepper, state: TrainState) -> None:
+    """Weights, optimisation state, RNG states and progress from the last.pt dict `saved`."""
+    stepper.model.load_state_dict(saved["train_model"])
+    stepper.optimizer.load_state_dict(saved["optimizer"])
+    stepper.scheduler.load_state_dict(saved["scheduler"])
+    stepper.scaler.load_state_dict(saved["scaler"])
+    if stepper.ema is not None and saved.get("ema") is not None:
+        stepper.ema.load_state_dict(saved["ema"])
+    _set_rng_states(saved["rng"], stepper)
+    s = state
+    s.step, s.best_score, s.best_threshold = (
+        saved["step"],
+        saved["best_score"],
+        saved["best_threshold"],
+    )
+    stepper.micro_batch, s.history = saved["micro_batch"], list(saved.get("history", []))
+    if s.step % stepper.config.train.steps_per_epoch and "epoch_progress" in saved:
+        p = saved["epoch_progress"]
+        s.epoch_sums, s.epoch_steps = dict(p["sums"]), p["steps"]
+        s.epoch_tiles, s.epoch_seconds = p["tiles"], p["seconds"]
+
+
+def _rng_states(stepper: Stepper) -> dict:
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+           "python": random.getstate(), "augment": stepper.generator.get_state()}  # fmt: skip
+    if stepper.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(stepper.device)
+    return rng
+
+
+def _set_rng_states(rng: dict, stepper: Stepper) -> None:
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    stepper.generator.set_state(rng["augment"])
+    if "cuda" in rng and stepper.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], stepper.device)
