@@ -303,6 +303,14 @@ def check_config(config: Config, source: str = "config") -> None:
         if not inside:
             lo, hi = "(" if low_open else "[", ")" if high_open else "]"
             raise ConfigError(f"{source}: {key}={x!r} is outside {lo}{low:g}, {high:g}{hi}")
+    from kit.models import check_model_config  # the family's own choices (no torch import)
+
+    try:
+        check_model_config(config)
+    except ConfigError:
+        raise
+    except KitError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     d = config.data
     if d.p_low >= d.p_high:
         raise ConfigError(f"{source}: data.p_low={d.p_low} must be below data.p_high={d.p_high}")

@@ -13,8 +13,12 @@ NumPy arrays (add_tile on torch tensors too); the stitcher accumulates on the mo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # finish_uint8 imports it: the window names load without torch
+    import torch
 
 WINDOWS = ("gaussian", "hann", "flat")
 
@@ -113,5 +117,7 @@ def add_tile(
 def finish_uint8(sums: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The weighted mean in the prediction file format: uint8 round(p × 255) (half to even), 0
     where no tile contributed; float32 operations on the tensors' own device."""
+    import torch
+
     prob = torch.where(weights > 0, sums / weights, 0.0)
     return prob.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)

@@ -7,10 +7,12 @@ transform's output lines up pixel for pixel with the untransformed input.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a transform runs: the names load without it
+    import torch
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+Transform = Callable[["torch.Tensor"], "torch.Tensor"]
 
 # name -> (forward, inverse), both acting on the last two dims
 TRANSFORMS: dict[str, tuple[Transform, Transform]] = {
@@ -42,6 +44,6 @@ def tta_probabilities(
     total = None
     for name in check_tta(names):
         forward, inverse = TRANSFORMS[name]
-        prob = inverse(torch.sigmoid(predict(forward(x)).float()))
+        prob = inverse(predict(forward(x)).float().sigmoid())
         total = prob if total is None else total + prob
     return total / len(names or ["identity"])
