@@ -19,19 +19,34 @@ import numpy as np
 
 from kit.errors import KitError
 
+TEMPORARY = ".*.*.tmp*"  # what atomic_path names its temporaries (glob)
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, keep_previous: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix, so writers pick the same format);
-    it replaces `path` only when the block finishes without an exception."""
+    it replaces `path` only when the block finishes without an exception. With `keep_previous`,
+    the file it replaces is kept under that name (a kill between the two renames leaves the
+    previous file there and no `path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries a killed writer left under `folder` (only call it where no other
+    process is writing); returns what was removed."""
+    removed = sorted(p for p in Path(folder).rglob(TEMPORARY) if p.is_file())
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -64,12 +79,12 @@ def read_json(path: str | os.PathLike) -> dict:
         raise KitError(f"{path} is not valid JSON ({exc}); delete it or fix it") from exc
 
 
-def write_torch(path: str | os.PathLike, obj) -> None:
+def write_torch(path: str | os.PathLike, obj, *, keep_previous: Path | None = None) -> None:
     """torch.save, atomically and fsynced before the rename: after a power loss the new name
-    must not point at unwritten data."""
+    must not point at unwritten data. `keep_previous`: see atomic_path."""
     import torch
 
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, keep_previous=keep_previous) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
