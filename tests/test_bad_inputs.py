@@ -1,0 +1,656 @@
+"""The bad-input catalogue: what a new user gets wrong, command by command, and what the kit says.
+
+Every case starts from a copy of one tiny finished pipeline (the "site": a dataset, a trained
+run, its evaluation, a prediction and a submission), breaks one thing, runs one command and
+asserts that
+- it exits non-zero (2: a KitError) with ONE line on stderr and no traceback,
+- the line matches each of the case's patterns: the file or key at fault, and the fix where the
+  kit can know one (a distinctive phrase of it),
+- nothing partial is left (no new file, no `.*.tmp*`, `*.partial` or `*.unvalidated`) and nothing
+  good is destroyed (every file of the site keeps its bytes), unless the case allows a path.
+
+The second half kills commands with SIGKILL at chosen moments (a subprocess that wraps one kit
+function to kill itself there) and checks that a rerun recovers. `--faults full` (or
+INKKIT_FAULTS=full) runs every kill point; the default runs one of each kind.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "infer"))
+from infer_helpers import make_run, tiny_sam_config, write_fragment  # noqa: E402
+
+from kit.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A from-scratch SAM of 0.7 M parameters on 32-pixel tiles: the whole site trains in ~1 s.
+TINY_YAML = """\
+model: {family: sam, variant: vit_tiny4, adapter: conv1x1, input_gain: 1.0}
+data: {z_start: 1, z_end: 5, tile: 32, stride: 16}
+train: {epochs: 1, steps_per_epoch: 2, batch_size: 4, warmup_steps: 0, num_workers: 0,
+        amp: "off", cpu_threads: 1, checkpoint_every: 0}
+infer: {batch_size: 32, amp: "off"}
+"""
+FOLDS_CSV = "fragment,fold,row_start,row_end\n1,0,0.0,1.0\n2,1,0.0,1.0\n"
+PLACES = {
+    "DATA": "{W}/data",
+    "TEST": "{W}/data/test",
+    "FOLDS": "{W}/data/folds.csv",
+    "TINY": "{W}/tiny.yaml",
+    "RUN": "{W}/runs/tiny/fold0",
+    "PRED": "{W}/pred",
+    "EVAL": "{W}/evaluation/evaluation.json",
+}
+LEFTOVERS = ("*.tmp*", "*.partial*", "*.unvalidated")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Training here runs one torch thread (train.cpu_threads: 1 sets it; restored after)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.random(shape), (0, 0), 3) > 0.5
+
+
+def build_site(w: Path) -> Path:
+    """data/ (train/1, 2 with labels, test/a, b, folds.csv, sample_submission.csv), tiny.yaml,
+    runs/tiny/fold0 (trained), evaluation/, pred/ and submission.csv, through the CLI."""
+    data = w / "data"
+    for i, (fid, shape) in enumerate([("1", (72, 56)), ("2", (64, 64))]):
+        write_fragment(data / "train", fid, shape=shape, n_slices=6, seed=i, labels=_blobs(shape, i))
+    for i, (fid, shape) in enumerate([("a", (64, 48)), ("b", (48, 64))]):
+        write_fragment(data / "test", fid, shape=shape, n_slices=6, seed=10 + i)
+    (data / "sample_submission.csv").write_text("Id,Predicted\na,1 1\nb,1 1\n")
+    (data / "folds.csv").write_text(FOLDS_CSV)
+    (w / "tiny.yaml").write_text(TINY_YAML)
+    p = {k: v.format(W=w) for k, v in PLACES.items()}
+    steps = [
+        f"train --data {p['DATA']} --folds {p['FOLDS']} --config {p['TINY']} --fold 0 "
+        f"--out {p['RUN']}",
+        f"evaluate --runs {p['RUN']} --out {w}/evaluation --no-pictures --no-progress",
+        f"predict --data {p['TEST']} --runs {p['RUN']} --out {p['PRED']} --no-progress",
+        f"submit --pred {p['PRED']} --data {p['TEST']} --out {w}/submission.csv",
+    ]
+    for step in steps:
+        assert main(shlex.split(step)) == 0, step
+    return w
+
+
+@pytest.fixture(scope="module")
+def site_template(tmp_path_factory) -> Path:
+    return build_site(tmp_path_factory.mktemp("site"))
+
+
+def copy_site(template: Path, target: Path) -> Path:
+    """A copy whose records name the copy. Checkpoints are hard links (cases replace files,
+    never write into them); mtimes are kept, so predict.json's fragment identities still hold."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        (os.link if src.endswith(".pt") else shutil.copy2)(src, dst)
+
+    shutil.copytree(template, target, copy_function=link_or_copy)
+    for path in target.rglob("*.json"):
+        path.write_text(path.read_text().replace(str(template), str(target)))
+    return target
+
+
+@pytest.fixture
+def site(site_template, tmp_path) -> Path:
+    return copy_site(site_template, tmp_path / "w")
+
+
+# -- how a case breaks the site (each replaces files: the site's checkpoints are hard links) ---
+Build = Callable[[Path], None]
+
+
+def _path(w: Path, rel: str) -> Path:
+    return w / _fill(rel, Path("."))
+
+
+def write(rel: str, text: str) -> Build:
+    def build(w: Path) -> None:
+        path = _path(w, rel)
+        path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    return build
+
+
+def remove(rel: str) -> Build:
+    def build(w: Path) -> None:
+        path = _path(w, rel)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return build
+
+
+def truncate(rel: str, keep: float = 0.5) -> Build:
+    def build(w: Path) -> None:
+        path = _path(w, rel)
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data[: int(len(data) * keep)])
+
+    return build
+
+
+def png(rel: str, make: Callable[[tuple[int, int]], np.ndarray]) -> Build:
+    """Replace an image by make(its shape)."""
+
+    def build(w: Path) -> None:
+        path = _path(w, rel)
+        shape = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+        path.unlink()
+        assert cv2.imwrite(str(path), make(shape))
+
+    return build
+
+
+def tif(rel: str, image: np.ndarray) -> Build:
+    def build(w: Path) -> None:
+        import tifffile
+
+        path = _path(w, rel)
+        path.unlink()
+        tifffile.imwrite(path, image)
+
+    return build
+
+
+def edit_json(rel: str, change: Callable[[dict], None]) -> Build:
+    def build(w: Path) -> None:
+        path = _path(w, rel)
+        record = json.loads(path.read_text())
+        change(record)
+        path.unlink()
+        path.write_text(json.dumps(record))
+
+    return build
+
+
+def touch(rel: str) -> Build:
+    def build(w: Path) -> None:
+        st = _path(w, rel).stat()
+        os.utime(_path(w, rel), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    return build
+
+
+def copy(src: str, dst: str) -> Build:
+    def build(w: Path) -> None:
+        shutil.copytree(_path(w, src), _path(w, dst), copy_function=shutil.copy2)
+
+    return build
+
+
+def other_model_run(rel: str) -> Build:
+    """A run of another SAM variant (vit_tiny, random weights)."""
+
+    def build(w: Path) -> None:
+        target = _path(w, rel)
+        make_run(target.parent, target.name, tiny_sam_config(), seed=0)
+
+    return build
+
+
+def foreign_checkpoint(rel: str) -> Build:
+    def build(w: Path) -> None:
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, _path(w, rel))
+
+    return build
+
+
+# -- the catalogue ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bad:
+    argv: str  # a kit command line ("run_all.sh" for the pipeline script), with {W}, {DATA}, ...
+    expect: tuple[str, ...]  # regexes stderr must match: the file or key, then the fix
+    build: tuple[Build, ...] = ()
+    allow: tuple[str, ...] = ()  # globs (relative to the site) the command may create or change
+    forbid: tuple[str, ...] = ()  # regexes stderr must not match (wrong advice)
+    env: dict = field(default_factory=dict)  # run_all.sh's environment, on top of RUN_ALL_ENV
+    full_disk: bool = False  # run in a subprocess that cannot grow any file past 16 bytes
+    rc: int = 2
+
+
+def case(name: str, argv: str, *expect: str, xfail: str | None = None, **kw):
+    marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
+    return pytest.param(Bad(argv, expect, **kw), id=name, marks=marks)
+
+
+TRAIN = "train --data {DATA} --folds {FOLDS} --config {TINY} --fold 0 --out {W}/new"
+RETRAIN = "train --data {DATA} --folds {FOLDS} --config {TINY} --fold 0 --out {RUN}"
+PREDICT = "predict --no-progress --data {TEST} --runs {RUN} --out {W}/new"
+EVALUATE = "evaluate --no-pictures --no-progress --runs {RUN} --out {W}/new"
+SUBMIT = "submit --pred {PRED} --data {TEST} --out {W}/submission.csv"
+VALIDATE = "validate {W}/submission.csv --data {TEST}"
+REPORT = "report --out {W} --runs {RUN}"
+PROVENANCE = "training provenance: a finished run with another config, fold or data is refused "
+PROVENANCE += "(with --overwrite to start over) instead of 'run finished; nothing to do'"
+SUB = "data/sample_submission.csv"
+CFG = "{W}/c.yaml"
+
+
+def _zeros(shape):
+    return np.zeros(shape, np.uint8)
+
+
+CASES = [
+    # demo-data ------------------------------------------------------------------------------
+    case("demo-scale-zero", "demo-data {W}/demo --scale 0", r"--scale", r"in \(0, 1\]"),
+    case("demo-scale-above-one", "demo-data {W}/demo --scale 2", r"--scale", r"in \(0, 1\]"),
+    case("demo-variant-unknown", "demo-data {W}/demo --variant glossy", r"'glossy'", r"valid: \["),
+    case("demo-style-no-value", "demo-data {W}/demo --style surface_mean", r"'surface_mean'",
+         r"field=value"),
+    case("demo-style-unknown-field", "demo-data {W}/demo --style glow=1", r"'glow'", r"valid: \["),
+    case("demo-style-bad-value", "demo-data {W}/demo --style surface_mean=dark",
+         r"surface_mean", r"expected a number"),
+    case("demo-into-a-dataset", "demo-data {DATA}", r"/data is not empty",
+         r"give a new directory"),
+    # folds ----------------------------------------------------------------------------------
+    case("folds-data-missing", "folds --data {W}/nope --out {W}/f.csv", r"nope does not exist",
+         r"holds train/"),
+    case("folds-no-labels", "folds --data {DATA} --out {W}/f.csv", r"no labelled fragments",
+         r"inklabels\.png", build=(remove("data/train/1/inklabels.png"),
+                                   remove("data/train/2/inklabels.png"))),
+    case("folds-k-zero", "folds --data {DATA} --out {W}/f.csv --k 0", r"--k must be at least 1"),
+    case("folds-k-too-many", "folds --data {DATA} --out {W}/f.csv --k 500",
+         r"cannot make 500 folds", r"smaller --k"),
+    case("folds-labels-not-binary", "folds --data {DATA} --out {W}/f.csv",
+         r"train/1/inklabels\.png", r"must be binary",
+         build=(png("data/train/1/inklabels.png", lambda s: np.full(s, 7, np.uint8)),)),
+    case("folds-labels-wrong-size", "folds --data {DATA} --out {W}/f.csv",
+         r"train/1/inklabels\.png is 10×10", r"must be the same size",
+         build=(png("data/train/1/inklabels.png", lambda s: _zeros((10, 10))),)),
+    # probe ----------------------------------------------------------------------------------
+    case("probe-no-train", "probe --data {TEST} --out {W}/probe", r"test/train does not exist",
+         r"--data must be a dataset directory"),
+    case("probe-no-labels", "probe --data {DATA} --out {W}/probe", r"inklabels\.png",
+         r"the probe needs labels", build=(remove("data/train/1/inklabels.png"),
+                                           remove("data/train/2/inklabels.png"))),
+    case("probe-slice-truncated", "probe --data {DATA} --out {W}/probe",
+         r"surface_volume/03\.tif is truncated", r"re-copy the file",
+         build=(truncate("data/train/1/surface_volume/03.tif"),)),
+    case("probe-slice-gap", "probe --data {DATA} --out {W}/probe", r"missing slice\(s\) \[2\]",
+         r"without gaps", build=(remove("data/train/1/surface_volume/02.tif"),)),
+    case("probe-slice-not-uint16", "probe --data {DATA} --out {W}/probe", r"01\.tif holds uint8",
+         r"single-channel uint16",
+         build=(tif("data/train/1/surface_volume/01.tif", np.zeros((72, 56), np.uint8)),)),
+    case("probe-slice-other-size", "probe --data {DATA} --out {W}/probe", r"01\.tif is 9×9",
+         r"all slices of a fragment must match",
+         build=(tif("data/train/1/surface_volume/01.tif", np.zeros((9, 9), np.uint16)),)),
+    case("probe-mask-missing", "probe --data {DATA} --out {W}/probe", r"1/mask\.png is missing",
+         r"every fragment needs a mask", build=(remove("data/train/1/mask.png"),)),
+    case("probe-mask-not-png", "probe --data {DATA} --out {W}/probe", r"1/mask\.png",
+         r"re-copy the file", build=(write("data/train/1/mask.png", "not a png"),)),
+    # train: data and folds ------------------------------------------------------------------
+    case("train-data-missing", TRAIN + " --data {W}/nope", r"nope/train does not exist",
+         r"--data must be a dataset directory"),
+    case("train-folds-missing", TRAIN + " --folds {W}/none.csv", r"none\.csv does not exist",
+         r"python -m kit folds --data"),
+    case("train-fold-absent", TRAIN + " --fold 7", r"folds\.csv has no regions for fold 7",
+         r"folds there: \[0, 1\]"),
+    case("train-folds-bad-header", TRAIN, r"folds\.csv: header must be "
+         r"fragment,fold,row_start,row_end", build=(write("{FOLDS}", "id,k\n1,0\n"),)),
+    case("train-folds-rows-reversed", TRAIN, r"folds\.csv line 2",
+         r"0 <= row_start < row_end <= 1", build=(write("{FOLDS}", FOLDS_CSV.replace(
+             "1,0,0.0,1.0", "1,0,0.6,0.2")),)),
+    case("train-folds-fold-not-integer", TRAIN, r"folds\.csv line 2", r"fold is an integer",
+         build=(write("{FOLDS}", FOLDS_CSV.replace("1,0,0.0", "1,zero,0.0")),)),
+    case("train-folds-overlap", TRAIN, r"folds\.csv: fragment 1 regions .* overlap",
+         build=(write("{FOLDS}", FOLDS_CSV + "1,1,0.5,1.0\n"),)),
+    case("train-folds-unknown-fragment", TRAIN, r"names fragment '9'",
+         r"python -m kit folds --data", build=(write("{FOLDS}", FOLDS_CSV + "9,1,0.0,1.0\n"),)),
+    case("train-fold-leaves-nothing-to-train", TRAIN, r"fold 0 leaves no training region",
+         build=(write("{FOLDS}", "fragment,fold,row_start,row_end\n1,0,0.0,1.0\n"),)),
+    case("train-fragment-no-volume", TRAIN, r"train/2/surface_volume is missing",
+         r"surface_volume/00\.tif", build=(remove("data/train/2/surface_volume"),)),
+    case("train-training-labels-missing", TRAIN, r"train/2/inklabels\.png is missing",
+         build=(remove("data/train/2/inklabels.png"),)),
+    case("train-held-out-labels-missing", TRAIN, r"train/1/inklabels\.png is missing",
+         build=(remove("data/train/1/inklabels.png"),),
+         xfail="held-out labels are checked at the first validation, after training: every "
+               "fragment must be checked before the first step"),
+    case("train-held-out-fold-without-ink", TRAIN, r"fold 0", r"no ink", r"kit folds",
+         build=(png("data/train/1/inklabels.png", _zeros),),
+         xfail="a held-out fold without ink trains to F0.5 0 silently: refuse it before the "
+               "first step, naming the fold and `kit folds`"),
+    case("train-slices-beyond-volume", TRAIN + " --set data.z_end=40",
+         r"slices 1\.\.39 requested", r"set data\.z_start/z_end inside that range"),
+    # train: config --------------------------------------------------------------------------
+    case("train-preset-unknown", TRAIN + " --config nosuch", r"unknown config 'nosuch'",
+         r"one of \['cpu-demo'"),
+    case("train-config-file-missing", TRAIN + " --config {W}/none.yaml",
+         r"config file .*none\.yaml does not exist"),
+    case("train-config-yaml-malformed", TRAIN + " --config " + CFG, r"c\.yaml is not valid YAML",
+         r"line 2", build=(write(CFG, "train:\n  lr: [1e-3\n"),)),
+    case("train-config-not-a-mapping", TRAIN + " --config " + CFG, r"c\.yaml",
+         r"expected a mapping", build=(write(CFG, "- lr\n- 1e-3\n"),)),
+    case("train-config-unknown-key", TRAIN + " --config " + CFG, r"unknown keys \['lrr'\]",
+         r"valid: \[", build=(write(CFG, "train: {lrr: 1e-3}\n"),)),
+    case("train-set-no-equals", TRAIN + " --set train.lr", r"'train\.lr'",
+         r"section\.key=value"),
+    case("train-set-unknown-key", TRAIN + " --set train.lrr=1", r"unknown key 'lrr'", r"keys: \["),
+    case("train-set-unknown-section", TRAIN + " --set trian.lr=1", r"unknown section 'trian'",
+         r"sections: \["),
+    case("train-set-value-not-yaml", TRAIN + " --set train.lr=[1e-3", r"'train\.lr=\[1e-3'",
+         r"not valid YAML"),
+    case("train-set-tile-negative", TRAIN + " --set data.tile=-48",
+         r"data\.tile=-48 is outside \[1, inf\)"),
+    case("train-set-lr-nan", TRAIN + " --set train.lr=nan", r"train\.lr=nan is outside"),
+    case("train-set-batch-size-zero", TRAIN + " --set train.batch_size=0",
+         r"train\.batch_size=0 is outside \[1, inf\)"),
+    case("train-set-epochs-fraction", TRAIN + " --set train.epochs=2.5", r"train\.epochs",
+         r"expected int"),
+    case("train-set-amp-fp8", TRAIN + " --set train.amp=fp8", r"train\.amp='fp8'",
+         r"is not one of \['bf16', 'fp16', 'off'\]"),
+    case("train-set-window-unknown", TRAIN + " --set infer.window=foo", r"infer\.window='foo'",
+         r"is not one of \['gaussian'"),
+    case("train-set-tta-unknown", TRAIN + " --set infer.tta=[flip]", r"infer\.tta",
+         r"\['flip'\]; choose from \['identity'"),
+    case("train-set-slices-reversed", TRAIN + " --set data.z_start=5 --set data.z_end=2",
+         r"data\.z_end=2 must be above data\.z_start=5"),
+    case("train-set-flag-not-bool", TRAIN + " --set train.jitter=maybe", r"train\.jitter",
+         r"expected true/false"),
+    # train: options and run directories -----------------------------------------------------
+    case("train-max-steps-zero", TRAIN + " --max-steps 0", r"--max-steps must be at least 1"),
+    case("train-budget-negative", TRAIN + " --budget -1", r"--budget must be at least 0"),
+    case("train-sam-checkpoint-missing", TRAIN + " --sam-checkpoint {W}/sam.pth",
+         r"--sam-checkpoint .*sam\.pth does not exist"),
+    case("train-init-from-missing", TRAIN + " --init-from {W}/nope", r"--init-from .*nope"),
+    case("train-init-from-other-model", TRAIN + " --init-from {W}/other", r"sam vit_tiny model",
+         r"same model\.family and model\.variant", build=(other_model_run("other"),)),
+    case("train-device-unknown", TRAIN + " --device tpu", r"--device", r"cpu",
+         xfail="--device is not checked: torch's RuntimeError is a traceback"),
+    case("train-unfinished-without-resume", RETRAIN + " --set train.epochs=2",
+         r"fold0/checkpoints/last\.pt holds an unfinished run", r"add --resume"),
+    case("train-resume-other-config", RETRAIN + " --resume --set train.epochs=2 --set train.lr=1",
+         r"section 'train' differs from the config in .*last\.pt", r"same --config/--set"),
+    case("train-finished-other-lr", RETRAIN + " --set train.lr=0.5", r"fold0", r"train\.lr",
+         r"--overwrite", xfail=PROVENANCE),
+    case("train-finished-other-config", RETRAIN + " --config " + CFG, r"fold0", r"config",
+         r"--overwrite", build=(write(CFG, TINY_YAML.replace("input_gain: 1.0", "input_gain: 2")),),
+         xfail=PROVENANCE),
+    case("train-finished-other-fold", RETRAIN + " --fold 1", r"fold0", r"fold 0", r"--overwrite",
+         xfail=PROVENANCE),
+    case("train-finished-other-data", RETRAIN + " --data {W}/data2", r"fold0", r"data",
+         r"--overwrite", build=(copy("data", "data2"), remove("data2/train/2/inklabels.png"),
+                                png("data2/train/1/inklabels.png", _zeros)),
+         xfail=PROVENANCE),
+    case("train-last-checkpoint-truncated", RETRAIN + " --resume", r"fold0/checkpoints/last\.pt",
+         r"truncated|could not be read", build=(truncate("{RUN}/checkpoints/last.pt"),),
+         xfail="a truncated last.pt is read by torch.load directly: a traceback, not a named "
+               "error saying what to do"),
+    case("train-disk-full", TRAIN, r"new/config\.yaml", r"free disk space", full_disk=True),
+    # predict --------------------------------------------------------------------------------
+    case("predict-data-missing", PREDICT + " --data {W}/nope",
+         r"data directory .*nope does not exist"),
+    case("predict-data-without-fragments", PREDICT + " --data {W}/runs", r"runs holds no fragment",
+         r"pass a test/ directory"),
+    case("predict-run-missing", PREDICT + " --runs {W}/nope",
+         r"run directory or checkpoint .*nope does not exist"),
+    case("predict-run-not-validated", PREDICT, r"fold0 has no checkpoints/best\.pt",
+         r"--resume", build=(remove("{RUN}/checkpoints/best.pt"),)),
+    case("predict-run-not-a-checkpoint", PREDICT + " --runs {TINY}", r"tiny\.yaml is not a "
+         r"checkpoint \(\.pt\)"),
+    case("predict-checkpoint-truncated", PREDICT, r"best\.pt could not be read",
+         r"is it complete", build=(truncate("{RUN}/checkpoints/best.pt"),)),
+    case("predict-checkpoint-foreign", PREDICT + " --runs {W}/sam.pt",
+         r"sam\.pt is not an inkkit checkpoint", r"train --sam-checkpoint",
+         build=(foreign_checkpoint("sam.pt"),)),
+    case("predict-run-config-differs", PREDICT, r"best\.pt was trained with another config than",
+         r"pass the \.pt file alone", build=(write("{RUN}/config.yaml", "data: {z_end: 6}\n"
+                                                   "model: {family: sam}\n"),)),
+    case("predict-weights-count", PREDICT + " --weights 1 2", r"--weights has 2 values for 1"),
+    case("predict-weight-negative", PREDICT + " --runs {RUN}:-1", r"weights must be >= 0"),
+    case("predict-set-not-infer", PREDICT + " --set train.lr=1", r"--set train\.lr=1",
+         r"only accepts infer\.\* overrides"),
+    case("predict-set-window-unknown", PREDICT + " --set infer.window=foo",
+         r"infer\.window='foo'", r"is not one of \['gaussian'"),
+    case("predict-set-tta-unknown", PREDICT + " --set infer.tta=[flip]", r"infer\.tta",
+         r"choose from \['identity'"),
+    case("predict-evaluation-missing", PREDICT + " --evaluation {W}/nope.json",
+         r"nope\.json does not exist", r"kit evaluate --tune-weights"),
+    case("predict-evaluation-untuned", PREDICT + " --evaluation {EVAL}",
+         r"evaluation\.json holds no tuned weights", r"kit evaluate --tune-weights"),
+    case("predict-evaluation-and-weights", PREDICT + " --evaluation {EVAL} --weights 1",
+         r"--weights, RUN:W or --evaluation, not several"),
+    case("predict-fragment-without-volume", PREDICT, r"test/b", r"surface_volume",
+         build=(remove("data/test/b/surface_volume"),)),
+    case("predict-fragment-without-mask", PREDICT, r"test/b/mask\.png is missing",
+         build=(remove("data/test/b/mask.png"),)),
+    case("predict-fragment-mask-empty", PREDICT, r"test/b/mask\.png is empty",
+         r"fix or re-copy the mask", forbid=(r"remove the fragment",),
+         build=(png("data/test/b/mask.png", _zeros),)),
+    case("predict-fragment-too-few-slices", PREDICT, r"reads slices 1\.\.4 but .*test/b has 3",
+         r"trained on fewer slices", build=(remove("data/test/b/surface_volume/03.tif"),
+                                            remove("data/test/b/surface_volume/04.tif"),
+                                            remove("data/test/b/surface_volume/05.tif"))),
+    case("predict-device-unknown", PREDICT + " --device tpu", r"--device 'tpu'", r"cpu"),
+    case("predict-disk-full", PREDICT, r"new/predict\.json", r"free disk space", full_disk=True),
+    # evaluate -------------------------------------------------------------------------------
+    case("evaluate-run-missing", EVALUATE + " --runs {W}/nope",
+         r"run directory .*nope does not exist"),
+    case("evaluate-regions-missing", EVALUATE, r"oof/regions\.csv is missing",
+         r"not a training run directory", build=(remove("{RUN}/oof/regions.csv"),)),
+    case("evaluate-regions-two-folds", EVALUATE, r"regions\.csv holds regions of folds \[0, 1\]",
+         build=(write("{RUN}/oof/regions.csv", FOLDS_CSV),)),
+    case("evaluate-dataset-unknown", EVALUATE, r"run\.json does not name the dataset",
+         r"pass --data", build=(write("{RUN}/run.json", "{}"),)),
+    case("evaluate-run-json-corrupt", EVALUATE, r"run\.json is not valid JSON",
+         r"delete it or fix it", build=(write("{RUN}/run.json", "{"),)),
+    case("evaluate-oof-missing", EVALUATE, r"oof/1\.png is missing",
+         r"has not validated yet", build=(remove("{RUN}/oof/1.png"),)),
+    case("evaluate-oof-other-size", EVALUATE, r"oof/1\.png is 10×10 but fragment",
+         r"another dataset", build=(png("{RUN}/oof/1.png", lambda s: _zeros((10, 10))),)),
+    case("evaluate-oof-16-bit", EVALUATE, r"oof/1\.png is not an 8-bit",
+         build=(png("{RUN}/oof/1.png", lambda s: np.zeros(s, np.uint16)),)),
+    case("evaluate-wrong-data", EVALUATE + " --data {TEST}", r"fragment '1' not found under",
+         r"--data"),
+    case("evaluate-tune-with-weights", EVALUATE + " --runs {RUN}:2 --tune-weights",
+         r"drop the :W"),
+    case("evaluate-disk-full", EVALUATE, r"new/evaluation\.json", r"free disk space",
+         full_disk=True),
+    # submit ---------------------------------------------------------------------------------
+    case("submit-threshold-and-percentile", SUBMIT + " --threshold 0.3 --percentile 5",
+         r"--threshold and --percentile are mutually exclusive", r"give one of them"),
+    case("submit-threshold-above-one", SUBMIT + " --threshold 1.5", r"--threshold",
+         r"in \[0, 1\], got 1\.5"),
+    case("submit-threshold-negative", SUBMIT + " --threshold -0.1", r"--threshold",
+         r"in \[0, 1\], got -0\.1"),
+    case("submit-threshold-nan", SUBMIT + " --threshold nan", r"--threshold", r"in \[0, 1\]"),
+    case("submit-percentile-150", SUBMIT + " --percentile 150", r"--percentile",
+         r"in \(0, 100\], got 150"),
+    case("submit-percentile-zero", SUBMIT + " --percentile 0", r"--percentile",
+         r"in \(0, 100\]"),
+    case("submit-min-area-negative", SUBMIT + " --min-area -1", r"--min-area must be >= 0"),
+    case("submit-pred-missing", SUBMIT + " --pred {W}/nope", r"nope does not exist",
+         r"python -m kit predict"),
+    case("submit-map-missing", SUBMIT, r"pred/b\.png is missing", r"predict fragment b",
+         build=(remove("{PRED}/b.png"),)),
+    case("submit-map-not-recorded", SUBMIT, r"pred/b\.png was not written by the prediction",
+         r"rerun `python -m kit predict`",
+         build=(edit_json("{PRED}/predict.json", lambda r: r["fragments"].pop("b")),)),
+    case("submit-fragment-changed", SUBMIT, r"test/b changed since",
+         r"rerun `python -m kit predict`", build=(touch("data/test/b/mask.png"),)),
+    case("submit-map-other-size", SUBMIT, r"pred/b\.png is 10×10 but the mask",
+         r"another dataset", build=(png("{PRED}/b.png", lambda s: _zeros((10, 10))),)),
+    case("submit-predict-json-corrupt", SUBMIT, r"predict\.json is not valid JSON",
+         r"delete it or fix it", build=(write("{PRED}/predict.json", "{"),)),
+    case("submit-evaluation-missing", SUBMIT + " --evaluation {W}/nope.json",
+         r"nope\.json does not exist", r"python -m kit evaluate"),
+    case("submit-evaluation-without-threshold", SUBMIT, r"evaluation\.json has no 'threshold'",
+         r"rerun `python -m kit evaluate`", build=(write("{EVAL}", "{}"),)),
+    case("submit-evaluation-threshold-out-of-range", SUBMIT,
+         r"'threshold' of .*evaluation\.json must be a probability in \[0, 1\]",
+         build=(write("{EVAL}", '{"threshold": 3}'),)),
+    case("submit-sample-lists-absent-id", SUBMIT, r"sample_submission\.csv lists ids \['c'\]",
+         r"put those fragments in the test directory",
+         build=(write(SUB, "Id,Predicted\na,1 1\nb,1 1\nc,1 1\n"),)),
+    case("submit-sample-lacks-an-id", SUBMIT, r"ids \['b'\] are not in .*sample_submission",
+         r"sample_submission\.csv of this test set", build=(write(SUB, "Id,Predicted\na,1 1\n"),)),
+    case("submit-out-is-a-directory", SUBMIT + " --out {W}/data", r"--out .*data is a directory",
+         r"give a file path"),
+    case("submit-disk-full", SUBMIT + " --out {W}/new.csv", r"new\.csv", r"free disk space",
+         full_disk=True),
+    # validate -------------------------------------------------------------------------------
+    case("validate-file-missing", VALIDATE + " --data {TEST} {W}/nope.csv",
+         r"nope\.csv does not exist"),
+    case("validate-header", VALIDATE, r"header must be exactly Id,Predicted",
+         build=(write("submission.csv", "id,rle\na,1 1\nb,1 1\n"),)),
+    case("validate-id-missing", VALIDATE, r"missing \['b'\]",
+         build=(write("submission.csv", "Id,Predicted\na,1 1\n"),)),
+    case("validate-id-unexpected", VALIDATE, r"unexpected \['c'\]",
+         build=(write("submission.csv", "Id,Predicted\na,1 1\nb,1 1\nc,1 1\n"),)),
+    case("validate-id-twice", VALIDATE, r"line 3: id a appears twice",
+         build=(write("submission.csv", "Id,Predicted\na,1 1\na,1 1\nb,1 1\n"),)),
+    case("validate-id-empty", VALIDATE, r"line 2: empty Id",
+         build=(write("submission.csv", "Id,Predicted\n,1 1\n"),)),
+    case("validate-row-three-values", VALIDATE, r"line 2: expected 2 values",
+         build=(write("submission.csv", "Id,Predicted\na,1 1,x\nb,1 1\n"),)),
+    case("validate-rle-odd", VALIDATE, r"id a \(64×48\)",
+         build=(write("submission.csv", "Id,Predicted\na,1 2 3\nb,1 1\n"),)),
+    case("validate-rle-past-end", VALIDATE, r"id a \(64×48\)",
+         build=(write("submission.csv", "Id,Predicted\na,3000 100\nb,1 1\n"),)),
+    case("validate-rle-unsorted", VALIDATE, r"id a \(64×48\)",
+         build=(write("submission.csv", "Id,Predicted\na,10 2 1 2\nb,1 1\n"),)),
+    case("validate-rle-zero-length", VALIDATE, r"id a \(64×48\)",
+         build=(write("submission.csv", "Id,Predicted\na,1 0\nb,1 1\n"),)),
+    case("validate-data-missing", VALIDATE + " --data {W}/nope",
+         r"nope is not a directory of test fragments"),
+    # report ---------------------------------------------------------------------------------
+    case("report-run-missing", REPORT + " --runs {W}/nope", r"nope is not a run directory",
+         r"pass the runs that `kit train` wrote"),
+    case("report-evaluation-corrupt", REPORT, r"evaluation\.json is not valid JSON",
+         r"delete it or fix it", build=(write("{EVAL}", "{"),)),
+    case("report-run-config-malformed", REPORT, r"fold0/config\.yaml is not valid YAML",
+         build=(write("{RUN}/config.yaml", "model: [\n"),)),
+    # run_all.sh -----------------------------------------------------------------------------
+    case("run-all-data-without-train", "run_all.sh", r"test/train does not exist",
+         r"set DATA_DIR to a directory in the competition layout",
+         env={"DATA_DIR": "{TEST}"}),
+    case("run-all-folds-missing", "run_all.sh", r"folds file .*none\.csv does not exist",
+         r"python -m kit folds --data", env={"FOLDS": "{W}/none.csv"}),
+    case("run-all-folds-malformed", "run_all.sh", r"folds\.csv: header must be",
+         build=(write("{FOLDS}", "id,k\n1,0\n"),)),
+    case("run-all-time-budget-not-a-number", "run_all.sh", r"TIME_BUDGET must be minutes",
+         r"got 'nine'", env={"TIME_BUDGET": "nine"}),
+    case("run-all-config-unknown", "run_all.sh", r"CONFIG member 'nosuch'",
+         r"a preset \(cpu-demo,", env={"CONFIG": "{TINY},nosuch"}),
+    case("run-all-ngpus-not-a-number", "run_all.sh", r"NGPUS must be", r"got 'two'",
+         env={"NGPUS": "two"}),
+    case("run-all-cpu-jobs-zero", "run_all.sh", r"CPU_JOBS must be", r"got '0'",
+         env={"CPU_JOBS": "0"}),
+    case("run-all-demo-scale-not-a-number", "run_all.sh", r"DEMO_SCALE must be",
+         r"got 'big'", env={"DATA_DIR": "", "DEMO_SCALE": "big"}),
+]  # fmt: skip
+RUN_ALL_ENV = {"OUT_DIR": "{W}/out", "DATA_DIR": "{DATA}", "FOLDS": "{FOLDS}", "NGPUS": "0",
+               "CPU_JOBS": "1", "CONFIG": "{TINY}", "TRAIN_ARGS": "--max-steps 1"}  # fmt: skip
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _fill(text: str, w: Path) -> str:
+    return text.format(W=w, **{k: v.format(W=w) for k, v in PLACES.items()})
+
+
+def run_kit(argv: list[str], capsys, *, full_disk: bool = False) -> tuple[int, str]:
+    """(exit code, stderr) of `python -m kit ARGV`: in this process, or in a subprocess that
+    cannot grow a file past 16 bytes (RLIMIT_FSIZE: a disk that fills at the first write)."""
+    if not full_disk:
+        try:
+            rc = main(argv)
+        except SystemExit as exc:  # argparse
+            rc = exc.code
+        return rc, capsys.readouterr().err
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16)); "
+        "from kit.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    return result.returncode, result.stderr
+
+
+def run_all(env: dict[str, str], w: Path) -> tuple[int, str]:
+    full = {k: _fill(v, w) for k, v in {**RUN_ALL_ENV, **env}.items()}
+    environ = {k: v for k, v in os.environ.items() if k not in ("TIME_BUDGET", "DEMO_SCALE")}
+    environ.update(full, PYTHON=sys.executable)
+    environ = {k: v for k, v in environ.items() if v != ""}  # "" unsets (DATA_DIR: demo data)
+    result = subprocess.run(["bash", str(ROOT / "run_all.sh")], env=environ, cwd=w,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("bad", CASES)
+def test_bad_input(bad: Bad, site: Path, capsys):
+    for build in bad.build:
+        build(site)
+    before = snapshot(site)
+    if bad.argv == "run_all.sh":
+        rc, err = run_all(bad.env, site)
+        lines = err.strip().splitlines()
+        assert lines and all(line.startswith(("run_all.sh: ", "error: ")) for line in lines), err
+    else:
+        argv = [_fill(a, site) for a in shlex.split(bad.argv)]
+        rc, err = run_kit(argv, capsys, full_disk=bad.full_disk)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert rc == bad.rc, err
+    assert "Traceback" not in err
+    for pattern in bad.expect:
+        assert re.search(pattern, err), f"{pattern!r} not in {err!r}"
+    for pattern in bad.forbid:
+        assert not re.search(pattern, err), f"{pattern!r} in {err!r}"
+
+    after = snapshot(site)
+    allowed = [_fill(a, Path(".")).removeprefix("./") for a in bad.allow]
+
+    def allowed_path(rel: str) -> bool:
+        return any(fnmatch.fnmatch(rel, a) for a in allowed)
+
+    left = [r for r in after if any(fnmatch.fnmatch(Path(r).name, g) for g in LEFTOVERS)]
+    assert not left, f"partial files left: {left}"
+    new = [r for r in after if r not in before and not allowed_path(r)]
+    assert not new, f"new files after a failed command: {new}"
+    changed = [r for r in before if after.get(r) != before[r] and not allowed_path(r)]
+    assert not changed, f"good files changed or removed: {changed}"
+
+
+def test_catalogue_covers_every_command():
+    commands = {c.values[0].argv.split()[0] for c in CASES}
+    assert commands >= {"demo-data", "folds", "probe", "train", "predict", "evaluate", "submit",
+                        "validate", "report", "run_all.sh"}  # fmt: skip
+    assert len(CASES) >= 60
