@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import KitError
+
+# A write that fails for want of room (a full disk, a quota, a file-size limit): a KitError
+# naming the file, never a traceback.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# atomic_path's temporary name: .<stem>.<pid>.tmp<suffix>
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp(\.[^.]*)?$")
 
 
 @contextlib.contextmanager
@@ -30,8 +38,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            raise write_failed(path, exc.strerror) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_failed(path: str | os.PathLike, why: str) -> KitError:
+    """The error for a write that did not happen: the file, why, and what to do."""
+    return KitError(
+        f"could not write {path} ({why}): free disk space or write to another directory, then rerun"
+    )
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of `atomic_path` in `folder` whose writer is gone (a SIGKILL
+    mid-write leaves one); returns them. Those of live processes are left alone."""
+    folder = Path(folder)
+    stale = []
+    for path in folder.iterdir() if folder.is_dir() else ():
+        match = _TEMP_NAME.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -40,7 +84,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), image):
-            raise KitError(f"could not write {path}; is the disk full or the directory read-only?")
+            raise write_failed(path, "cv2.imwrite failed: a full disk or a read-only directory?")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -70,7 +114,10 @@ def write_torch(path: str | os.PathLike, obj) -> None:
     import torch
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk) so
+            raise write_failed(path, str(exc).splitlines()[0]) from exc
         f.flush()
         os.fsync(f.fileno())
 

@@ -183,12 +183,13 @@ class PredictionDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.predict_json = self.path / "predict.json"
+        self.previews = self.path / "preview"
 
     def map(self, fragment_id: str) -> Path:
         return self.path / f"{fragment_id}.png"
 
     def preview(self, fragment_id: str) -> Path:
-        return self.path / "preview" / f"{fragment_id}.png"
+        return self.previews / f"{fragment_id}.png"
 
     def record(self) -> dict:
         """predict.json ({} when absent)."""
