@@ -23,9 +23,12 @@ class CheckpointError(KitError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: a crash at any moment leaves the old file or the new."""
-    write_torch(path, state)
+def save_checkpoint(
+    path: str | os.PathLike, state: dict[str, Any], *, keep_previous: Path | None = None
+) -> None:
+    """Write `state` to `path` atomically: a crash at any moment leaves the old file or the new
+    (and, with `keep_previous`, the one it replaced under that name)."""
+    write_torch(path, state, keep_previous=keep_previous)
 
 
 def load_checkpoint(

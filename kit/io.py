@@ -12,7 +12,6 @@ import csv
 import errno
 import json
 import os
-import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,22 +20,25 @@ import numpy as np
 
 from kit.errors import KitError
 
+TEMPORARY = ".*.*.tmp*"  # what atomic_path names its temporaries (glob)
 # A write that fails for want of room (a full disk, a quota, a file-size limit): a KitError
 # naming the file, never a traceback.
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-# atomic_path's temporary name: .<stem>.<pid>.tmp<suffix>
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp(\.[^.]*)?$")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, keep_previous: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix, so writers pick the same format);
-    it replaces `path` only when the block finishes without an exception."""
+    it replaces `path` only when the block finishes without an exception. With `keep_previous`,
+    the file it replaces is kept under that name (a kill between the two renames leaves the
+    previous file there and no `path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno in _NO_ROOM:
@@ -53,29 +55,13 @@ def write_failed(path: str | os.PathLike, why: str) -> KitError:
     )
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of `atomic_path` in `folder` whose writer is gone (a SIGKILL
-    mid-write leaves one); returns them. Those of live processes are left alone."""
-    folder = Path(folder)
-    stale = []
-    for path in folder.iterdir() if folder.is_dir() else ():
-        match = _TEMP_NAME.match(path.name)
-        if match and path.is_file() and not _alive(int(match.group(1))):
-            path.unlink(missing_ok=True)
-            stale.append(path)
-    return stale
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries a killed writer left under `folder` (only call it where no other
+    process is writing); returns what was removed."""
+    removed = sorted(p for p in Path(folder).rglob(TEMPORARY) if p.is_file())
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -108,15 +94,17 @@ def read_json(path: str | os.PathLike) -> dict:
         raise KitError(f"{path} is not valid JSON ({exc}); delete it or fix it") from exc
 
 
-def write_torch(path: str | os.PathLike, obj) -> None:
+def write_torch(path: str | os.PathLike, obj, *, keep_previous: Path | None = None) -> None:
     """torch.save, atomically and fsynced before the rename: after a power loss the new name
-    must not point at unwritten data."""
+    must not point at unwritten data. `keep_previous`: see atomic_path."""
     import torch
 
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, keep_previous=keep_previous) as tmp, open(tmp, "wb") as f:
         try:
             torch.save(obj, f)
-        except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk) so
+        except RuntimeError as exc:  # torch's zip writer: "... file write failed" (a full disk)
+            if "write failed" not in str(exc):
+                raise
             raise write_failed(path, str(exc).splitlines()[0]) from exc
         f.flush()
         os.fsync(f.fileno())

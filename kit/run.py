@@ -6,7 +6,8 @@ A training run (`kit train --out RUN`, docs/interface.md):
     RUN/run.json               dataset, fold, folds CSV and what the run resolved or loaded
     RUN/metrics.csv            one row per epoch
     RUN/tensorboard/  RUN/report/
-    RUN/checkpoints/last.pt    everything to resume; best.pt: the best held-out F0.5 so far
+    RUN/checkpoints/last.pt    everything to resume (last.prev.pt: the one before it);
+                               best.pt: the best held-out F0.5 so far
     RUN/oof/<fragment>.png     uint8 probability of best.pt on the held-out rows, 0 elsewhere
     RUN/oof/regions.csv        the held-out regions (a folds CSV of one fold)
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from kit.config import Config
 from kit.errors import KitError
-from kit.io import read_json, write_json, write_png
+from kit.io import read_json, remove_temporaries, write_csv, write_json, write_png
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class RunDir:
         self.report = self.path / "report"
         self.checkpoints = self.path / "checkpoints"
         self.last = self.checkpoints / "last.pt"
+        self.last_prev = self.checkpoints / "last.prev.pt"  # the last.pt before the current one
         self.best = self.checkpoints / "best.pt"
         self.oof = self.path / "oof"
         self.regions_csv = self.oof / "regions.csv"
@@ -176,6 +178,30 @@ class RunDir:
     def write_oof(self, fragment_id: str, prob: np.ndarray) -> None:
         write_png(self.oof_map(fragment_id), prob)
 
+    def update_record(self, **fields) -> None:
+        """run.json with `fields` set (the rest kept)."""
+        write_json(self.run_json, {**self.record(), **fields})
+
+    def write_metrics(self, history: list[dict], first: list[str]) -> None:
+        """metrics.csv: one row per epoch; columns `first`, then any others in order of use."""
+        keys = list(first)
+        for row in history:
+            keys += [k for k in row if k not in keys]
+        write_csv(self.metrics_csv, keys, ([row.get(k, "") for k in keys] for row in history))
+
+    def clear(self) -> None:
+        """Delete everything `kit train` wrote here (for --overwrite); other files stay."""
+        import shutil
+
+        for folder in (self.checkpoints, self.oof, self.tensorboard, self.report):
+            shutil.rmtree(folder, ignore_errors=True)
+        for path in (self.config_yaml, self.run_json, self.metrics_csv):
+            path.unlink(missing_ok=True)
+
+    def remove_temporaries(self) -> list[Path]:
+        """The half-written files a killed run left (e.g. .last.<pid>.tmp.pt): removed."""
+        return remove_temporaries(self.path) if self.path.is_dir() else []
+
 
 class PredictionDir:
     """The files of one `kit predict --out PRED` (see the module docstring)."""
@@ -183,13 +209,12 @@ class PredictionDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.predict_json = self.path / "predict.json"
-        self.previews = self.path / "preview"
 
     def map(self, fragment_id: str) -> Path:
         return self.path / f"{fragment_id}.png"
 
     def preview(self, fragment_id: str) -> Path:
-        return self.previews / f"{fragment_id}.png"
+        return self.path / "preview" / f"{fragment_id}.png"
 
     def record(self) -> dict:
         """predict.json ({} when absent)."""

@@ -62,30 +62,23 @@ def test_run_all_writes_a_valid_submission_and_reuses_everything(tmp_path):
     assert checkpoint.stat().st_mtime_ns == stamp
 
 
-def _broken_config(folder: Path) -> Path:
-    """A config file that run_all.sh accepts (it exists) and `kit train` refuses at once."""
-    path = folder / "broken.yaml"
-    path.write_text("train: {lrr: 1.0e-3}\n")
-    return path
-
-
 def test_run_all_stops_at_the_failing_step_with_its_name(tmp_path, demo_dir):
     env = {**os.environ, "OUT_DIR": str(tmp_path), "DATA_DIR": str(demo_dir), "NGPUS": "0"}
-    env["CONFIG"] = str(_broken_config(tmp_path))
+    env["CONFIG"] = "no-such-preset"
     result = subprocess.run(
         ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode != 0
-    assert "unknown keys ['lrr']" in result.stderr
-    assert 'step "train broken fold 0' in result.stderr
+    assert "unknown config 'no-such-preset'" in result.stderr
+    assert 'step "train no-such-preset fold 0' in result.stderr
     assert not (tmp_path / "submission.csv").exists()
 
 
 def _run_all_failing(tmp_path, demo_dir, **env_vars) -> subprocess.CompletedProcess:
-    """run_all.sh up to its first training, which fails at once (a config with a bad key)."""
+    """run_all.sh up to its first training, which fails at once (unknown preset)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TIME_BUDGET", "TRAIN_ARGS")}
     env.update(OUT_DIR=str(tmp_path), DATA_DIR=str(demo_dir), NGPUS="0", CPU_JOBS="2",
-               CONFIG=str(_broken_config(tmp_path)), PYTHON=sys.executable, **env_vars)  # fmt: skip
+               CONFIG="no-such-preset", PYTHON=sys.executable, **env_vars)  # fmt: skip
     return subprocess.run(
         ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True, timeout=300
     )
@@ -95,7 +88,7 @@ def test_run_all_gives_every_training_the_same_budget(tmp_path, demo_dir):
     # ./folds.csv has 4 folds: 4 runs, 2 at a time = 2 waves; 85 % of 6 min over 2 waves
     result = _run_all_failing(tmp_path, demo_dir, TIME_BUDGET="6")
     assert "--budget 2.55 min per run (4 runs, 2 at a time = 2 waves" in result.stdout
-    assert 'step "train broken fold 0' in result.stderr  # it got as far as training
+    assert 'step "train no-such-preset fold 0' in result.stderr  # it got as far as training
     default = _run_all_failing(tmp_path, demo_dir)  # no GPU: 9 minutes unless told otherwise
     assert "time budget 9 min: --budget 3.82 min per run" in default.stdout
     for told in ({"TRAIN_ARGS": "--max-steps 2"}, {"TIME_BUDGET": "0"}):

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         predict_ensemble,
         resolve_members,
     )
-    from kit.io import remove_stale_temps, write_png
+    from kit.io import remove_temporaries, write_png
     from kit.pictures import probability_preview
     from kit.provenance import file_digest, fragment_identity
     from kit.run import PredictionDir
@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if f not in todo:
             print(f"{out.map(f.id)} exists (same members, checkpoints and data): skipped; "
                   "--overwrite redoes it")  # fmt: skip
-    for folder in (out.path, out.previews):  # what a killed predict left half-written
-        remove_stale_temps(folder)
+    remove_temporaries(out.path)  # what a killed predict left half-written
     if not todo:
         return 0
     loaded = load_members(members, overrides=args.set, device=device)

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="minutes for the whole run: times its steps and sets steps_per_epoch to "
                         "fit (train.budget_minutes; 0 = off)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="if --out holds a run of other inputs (config, fold, data, weights), "
+                        "delete it and train again (with --resume: resume when they are the same)")  # fmt: skip
     p.add_argument("--log-images", action="store_true", help="write a preview per validation")
     p.add_argument(
         "--device", default=None, help="torch device (default: the rank's GPU, else cpu)"
@@ -51,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from kit.config import apply_overrides, load_config
     from kit.data.layout import find_fragments
     from kit.errors import KitError
-    from kit.run import default_run_dir
-    from kit.train.loop import train_fold
+    from kit.run import RunDir, default_run_dir
+    from kit.train.rerun import finished_message, plan
 
     data = Path(args.data)
     find_fragments(data, "train")  # a wrong --data fails here, before the model is built
@@ -85,10 +88,19 @@ def run(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise KitError(f"--max-steps must be at least 1, got {args.max_steps}")
     out = Path(args.out) if args.out else default_run_dir(config.name, args.fold)
+    decision, _ = plan(  # before torch is imported: a finished run answers at once
+        config, data_dir=data, fold=args.fold, folds_csv=folds, run=RunDir(out),
+        resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps,
+    )  # fmt: skip
+    if decision == "done":
+        print(finished_message(RunDir(out)))
+        return 0
+    from kit.train.loop import train_fold
+
     summary = train_fold(
         config, data_dir=data, fold=args.fold, folds_csv=folds, out=out,
-        max_steps=args.max_steps, resume=args.resume, log_images=args.log_images,
-        device=args.device, started=started,
+        max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite,
+        log_images=args.log_images, device=args.device, started=started,
     )  # fmt: skip
     if summary["best_f05"] is not None:
         print(f"{out}: step {summary['step']}, best held-out F0.5 {summary['best_f05']:.4f} "

@@ -266,3 +266,18 @@ def _fmt(x: float) -> str:
 
 def _natural(fid: str) -> tuple:
     return (0, int(fid), "") if fid.isdigit() else (1, 0, fid)
+
+
+def fold_fragments(data_dir: Path, fold: int, folds_csv: Path) -> tuple[list, dict]:
+    """(every region of the folds CSV, {id: Fragment} of the fragments fold `fold` reads):
+    opened, not read, so this is cheap; a missing fragment or fold is a KitError."""
+    from kit.data.fragment import Fragment
+    from kit.data.layout import fragment_path
+
+    regions = load_folds(folds_csv)
+    if not any(r.fold == fold for r in regions):
+        folds = sorted({r.fold for r in regions})
+        raise KitError(f"{folds_csv} has no regions for fold {fold}; folds there: {folds}")
+    fix = f"{folds_csv} names it; write a split for this dataset: python -m kit folds --data {data_dir}"
+    names = sorted({r.fragment for r in regions})
+    return regions, {n: Fragment(fragment_path(data_dir, n, fix=fix)) for n in names}

@@ -6,22 +6,16 @@ of an epoch always sees the same tiles (the sampler is seeded by seed+epoch), an
 carries every RNG state (resume.py), so `--resume` replays the exact next batch. Validation
 (validate.py) stitches the held-out regions and keeps the best checkpoint.
 
-Run directory (INTERFACE.md):
-    config.yaml  run.json  metrics.csv  tensorboard/  report/
-    checkpoints/last.pt   model (EMA if on) + optimizer, scheduler, scaler, EMA, RNG, step, ...
-    checkpoints/best.pt   model with the best held-out F0.5 so far
-    oof/<fragment>.png    uint8 probability of best.pt on the held-out rows, 0 elsewhere
-    oof/regions.csv       the held-out regions (fragment,fold,row_start,row_end)
+The run directory's files are kit.run.RunDir's (docs/interface.md). Whether a run starts, resumes
+or is already done is decided by its provenance (kit/train/rerun.py). An epoch's last.pt is
+written before its validation, so a kill during validation loses no step.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +23,16 @@ import torch
 from tqdm import tqdm
 
 from kit.checkpoint import load_checkpoint, save_checkpoint
-from kit.config import Config, config_to_dict, save_config, unresolved
+from kit.config import Config, config_to_dict, unresolved
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats
 from kit.errors import KitError
-from kit.io import write_png
 from kit.models import build_model, check_model_config, load_pretrained, training_hooks
+from kit.run import RunDir
 from kit.train import ddp
 from kit.train.budget import fit_budget, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
+from kit.train.rerun import finished_message, plan, total_steps
 from kit.train.resume import TrainState, check_resumable, restore, save_last
 from kit.train.sampler import epoch_tiles, tile_candidates
 from kit.train.step import Stepper, lr_factor
@@ -46,7 +41,6 @@ from kit.train.validate import validate, write_previews
 __all__ = [
     "FoldData",
     "TrainState",
-    "finished_run",
     "load_fold_data",
     "lr_factor",
     "total_steps",
@@ -66,6 +60,7 @@ class FoldData:
     val: list[Fragment]
     val_rows: list[list[tuple[int, int]]]
     regions: list  # kit.data.folds.Region held out in this fold
+    notes: list[str] = field(default_factory=list)  # warnings for the terminal
 
 
 def train_fold(
@@ -77,6 +72,7 @@ def train_fold(
     out: Path,
     max_steps: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     log_images: bool = False,
     device: str | None = None,
     progress: bool = True,
@@ -84,6 +80,7 @@ def train_fold(
 ) -> dict:
     """Train (or resume) one fold; returns {"step", "best_f05", "threshold", "finished"}.
 
+    `out` holding a run of other inputs is refused unless `overwrite` (kit/train/rerun.py).
     `started` (time.monotonic()) is when the job began, for `train.budget_minutes` (default now).
     """
     started = time.monotonic() if started is None else started
@@ -91,7 +88,8 @@ def train_fold(
     try:
         return _Trainer(
             config, data_dir=Path(data_dir), fold=fold, folds_csv=Path(folds_csv), out=Path(out),
-            max_steps=max_steps, resume=resume, log_images=log_images, info=info,
+            max_steps=max_steps, resume=resume, overwrite=overwrite, log_images=log_images,
+            info=info,
             device=ddp.device_for(info, device), progress=progress and info.is_main,
             started=started,
         ).run()  # fmt: skip
@@ -99,56 +97,30 @@ def train_fold(
         ddp.cleanup(info)
 
 
-def total_steps(config: Config, max_steps: int | None) -> int:
-    """Optimiser steps this invocation trains to: all epochs, or fewer with --max-steps."""
-    full = config.train.epochs * config.train.steps_per_epoch
-    return min(full, max_steps) if max_steps is not None else full
-
-
-def finished_run(out: Path, config: Config, max_steps: int | None) -> bool:
-    """True when `out` already holds a run of this length with a best.pt (reruns are cheap).
-    The length of a budgeted run is the one it resolved, if it had the same budget."""
-    last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
-    if not (last.is_file() and best.is_file()):
-        return False
-    state = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-    saved = state.get("config") or {}
-    if (saved.get("train") or {}).get("budget_minutes", 0.0) != config.train.budget_minutes:
-        return False  # another budget is another run
-    config = resolved_config(config, saved)
-    return int(state.get("step", 0)) >= total_steps(config, max_steps)
-
-
 def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool) -> FoldData:
-    """Fragments, labels and absolute row ranges for the training and held-out regions of `fold`."""
-    from kit.data.folds import load_folds, training_regions, validation_regions
-    from kit.data.layout import fragment_path
+    """Fragments, labels and absolute row ranges for the training and held-out regions of `fold`.
+    Every fragment it needs is checked here, before the first step: a held-out fragment without
+    labels would otherwise fail at the first validation, after the training."""
+    from kit.data.folds import fold_fragments, training_regions, validation_regions
 
-    regions = load_folds(folds_csv)
+    regions, fragments = fold_fragments(data_dir, fold, folds_csv)
     held_out = validation_regions(regions, fold)
-    if not held_out:
-        folds = sorted({r.fold for r in regions})
-        raise KitError(f"{folds_csv} has no regions for fold {fold}; folds there: {folds}")
-    fragments: dict[str, Fragment] = {}
-
-    def open_fragment(name: str) -> Fragment:
-        if name not in fragments:
-            fix = (
-                f"{folds_csv} names it; write a split for this dataset: "
-                f"python -m kit folds --data {data_dir}"
-            )
-            fragments[name] = Fragment(fragment_path(data_dir, name, fix=fix))
-        return fragments[name]
 
     def grouped(rs) -> dict[str, list[tuple[int, int]]]:
         out: dict[str, list[tuple[int, int]]] = {}
         for r in rs:
-            out.setdefault(r.fragment, []).append(r.rows(open_fragment(r.fragment).shape[0]))
+            out.setdefault(r.fragment, []).append(r.rows(fragments[r.fragment].shape[0]))
         return out
 
     train_rows, val_rows = grouped(training_regions(regions, fold)), grouped(held_out)
     if not train_rows:
         raise KitError(f"{folds_csv}: fold {fold} leaves no training region")
+    for name in sorted(val_rows):
+        if not fragments[name].has_labels:
+            raise KitError(
+                f"{fragments[name].files.labels} is missing: fold {fold} holds out rows of "
+                f"fragment {name} and cannot score them; label it or leave it out of {folds_csv}"
+            )
     names = sorted(train_rows)
     labels = []
     for name in tqdm(names, desc="labels", disable=not progress, leave=False):
@@ -156,10 +128,16 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
         if label is None:
             raise KitError(f"{fragments[name].files.labels} is missing: cannot train")
         labels.append(label)
+    ink = sum(int(fragments[n].labels()[r0:r1].any()) for n in val_rows for r0, r1 in val_rows[n])
+    notes = [] if ink else [
+        f"warning: the rows fold {fold} holds out ({folds_csv}) contain no ink, so its F0.5 is 0 "
+        f"whatever the model learns; write folds with ink in each: python -m kit folds --data "
+        f"{data_dir}"
+    ]  # fmt: skip
     return FoldData(
         train=[fragments[n] for n in names], train_labels=labels,
         train_rows=[train_rows[n] for n in names], val=[fragments[n] for n in sorted(val_rows)],
-        val_rows=[val_rows[n] for n in sorted(val_rows)], regions=held_out,
+        val_rows=[val_rows[n] for n in sorted(val_rows)], regions=held_out, notes=notes,
     )  # fmt: skip
 
 
@@ -167,7 +145,7 @@ class _Trainer:
     """The state of one training run; `run()` is the whole job."""
 
     def __init__(self, config: Config, *, data_dir, fold, folds_csv, out, max_steps, resume,
-                 log_images, info, device, progress, started=None):  # fmt: skip
+                 log_images, info, device, progress, overwrite=False, started=None):  # fmt: skip
         self.config, self.data_dir, self.fold, self.folds_csv = config, data_dir, fold, folds_csv
         # time.monotonic() when the job began (train.budget_minutes); default: now
         self.started = time.monotonic() if started is None else started
@@ -177,31 +155,35 @@ class _Trainer:
         self.probe: dict | None = None  # the window the run's "auto" data fields came from
         self.init_record: dict | None = None  # what model.init_from loaded and skipped
         self.out, self.max_steps, self.resume, self.log_images = out, max_steps, resume, log_images
+        self.overwrite = overwrite
         self.info, self.device, self.progress = info, device, progress
-        self.last_path = out / "checkpoints" / "last.pt"
-        self.best_path = out / "checkpoints" / "best.pt"
-        self.oof_dir, self.report_dir = out / "oof", out / "report"
+        self.run_dir = RunDir(out)
+        self.last_path = self.run_dir.last  # the budget calibration points it at a scratch file
+        self.provenance: dict | None = None
         self.state = TrainState()
         self.last_tiles = np.zeros((0, 3), dtype=np.int64)  # this rank's tiles of the epoch
 
     # -- setup ---------------------------------------------------------------------------------
     def run(self) -> dict:
-        if finished_run(self.out, self.config, self.max_steps):
-            state = torch.load(self.last_path, map_location="cpu", weights_only=False, mmap=True)
-            self._say(f"{self.out}: run finished ({state['step']} steps); nothing to do")
-            return self._summary(
-                state["step"], state.get("best_score"), state.get("best_threshold"), True
-            )
+        run = self.run_dir
+        decision, self.provenance = plan(
+            self.config, data_dir=self.data_dir, fold=self.fold, folds_csv=self.folds_csv,
+            run=run, resume=self.resume, overwrite=self.overwrite, max_steps=self.max_steps,
+        )  # fmt: skip
+        if decision == "done":
+            self._say(finished_message(run))
+            trained = run.record()["trained"]
+            return self._summary(trained["steps"], trained["best_f05"], trained["threshold"], True)
+        if self.info.is_main:
+            if decision == "overwrite":
+                self._say(f"{self.out}: --overwrite: its run of other inputs is deleted")
+                run.clear()
+            for path in run.remove_temporaries():
+                self._say(f"removed {path}, left by a killed write")
+        ddp.barrier(self.info)
         if unresolved(self.config):  # before resuming: the resolved config is the run's
             self._resolve_auto()
-        if self.last_path.is_file() and not self.resume:
-            raise KitError(
-                f"{self.last_path} holds an unfinished run; add --resume to continue it, "
-                "or give another --out (or delete that directory) to start over"
-            )
-        resume_state = (
-            load_checkpoint(self.last_path) if self.resume and self.last_path.is_file() else None
-        )
+        resume_state = self._load_last() if decision == "resume" else None
         if resume_state is not None:  # a budgeted run keeps the length it resolved
             self.config = resolved_config(self.config, resume_state["config"])
             check_resumable(self.config, resume_state, self.last_path)
@@ -218,7 +200,7 @@ class _Trainer:
         the contrast of tiles in that window."""
         from kit.data import probe as p
 
-        self.data = load_fold_data(self.data_dir, self.fold, self.folds_csv, progress=self.progress)
+        self._load_data()
         fd, record = self.data, {}
         if self.config.data.unresolved:
             probe = p.probe_fragments(fd.train, fd.train_labels, fd.train_rows)
@@ -236,6 +218,27 @@ class _Trainer:
             )
         self.probe = record
 
+    def _load_data(self) -> None:
+        self.data = load_fold_data(self.data_dir, self.fold, self.folds_csv, progress=self.progress)
+        for note in self.data.notes:
+            self._say(note)
+
+    def _load_last(self) -> dict:
+        """last.pt, or a KitError naming it and the way back (last.prev.pt) if it is damaged."""
+        from kit.checkpoint import CheckpointError
+
+        run = self.run_dir
+        try:
+            return load_checkpoint(run.last)
+        except CheckpointError as exc:
+            back = (
+                f"resume from the checkpoint before it (mv {run.last_prev} {run.last}, then "
+                "--resume), or start over with --overwrite"
+                if run.last_prev.is_file()
+                else "start over with --overwrite"
+            )
+            raise KitError(f"{exc}; {back}") from None
+
     def _setup(self, saved: dict | None) -> None:
         config, t = self.config, self.config.train
         check_model_config(config)
@@ -245,9 +248,7 @@ class _Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         if self.data is None:
-            self.data = load_fold_data(
-                self.data_dir, self.fold, self.folds_csv, progress=self.progress
-            )
+            self._load_data()
         self.stats = torch.stack(
             [fragment_stats(f, config.data).as_tensor() for f in self.data.train]
         )
@@ -286,33 +287,31 @@ class _Trainer:
         if self.info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            self.writer = SummaryWriter(str(self.run_dir.tensorboard))
 
     def _write_run_files(self) -> None:
-        self.oof_dir.mkdir(parents=True, exist_ok=True)
-        self.last_path.parent.mkdir(exist_ok=True)
-        save_config(self.config, self.out / "config.yaml")
-        run = {"data": str(self.data_dir.resolve()), "fold": self.fold,
-               "folds_csv": str(self.folds_csv.resolve())}  # fmt: skip
+        before = self.run_dir.record()
+        record = {"data": str(self.data_dir.resolve()), "fold": self.fold,
+                  "folds_csv": str(self.folds_csv.resolve()), "provenance": self.provenance}  # fmt: skip
         budget = self.budget
         if budget is None and self.config.train.budget_minutes > 0:  # resumed: keep the record
-            with contextlib.suppress(OSError, ValueError):
-                budget = json.loads((self.out / "run.json").read_text()).get("budget")
-        if budget is not None:
-            run["budget"] = budget
-        if self.probe is not None:
-            run["probe"] = self.probe
-        if self.init_record is not None:
-            run["init_from"] = self.init_record
-        (self.out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-        with open(self.oof_dir / "regions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["fragment", "fold", "row_start", "row_end"])
-            for r in self.data.regions:
-                w.writerow([r.fragment, r.fold, r.row_start, r.row_end])
+            budget = before.get("budget")
+        for key, value in (("budget", budget), ("probe", self.probe),
+                           ("init_from", self.init_record), ("trained", before.get("trained"))):  # fmt: skip
+            if value is not None:
+                record[key] = value
+        self.run_dir.start(self.config, record, self.data.regions)
 
     def _save_last(self) -> None:
-        save_last(self.last_path, config=self.config, stepper=self.stepper, state=self.state)
+        """last.pt (the previous one kept as last.prev.pt), then run.json's progress."""
+        s = self.state
+        save_last(self.last_path, config=self.config, stepper=self.stepper, state=s,
+                  previous=self.run_dir.last_prev if self.last_path == self.run_dir.last else None)  # fmt: skip
+        if self.last_path == self.run_dir.last:  # not the budget calibration's scratch save
+            validated = bool(s.history) and s.history[-1]["step"] == s.step and s.pending is None
+            self.run_dir.update_record(trained={"steps": s.step, "validated": validated,
+                                                "best_f05": s.best_score,
+                                                "threshold": s.best_threshold})  # fmt: skip
 
     # -- training ------------------------------------------------------------------------------
     def _tiles_per_step(self) -> int:
@@ -327,6 +326,8 @@ class _Trainer:
         t, s = self.config.train, self.state
         bar = tqdm(total=target, initial=s.step, desc=f"train fold {self.fold}",
                    disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        if s.pending is not None:  # killed during this epoch's validation: validate it now
+            self._end_epoch(s.pending, validate=True)
         per_step = self._tiles_per_step()
         while s.step < target:
             epoch, first = divmod(s.step, t.steps_per_epoch)
@@ -377,14 +378,25 @@ class _Trainer:
                     for k, v in s.epoch_sums.items()
                 }
             )
-            if s.step >= target or (epoch_end and (epoch + 1) % t.val_every == 0):
-                row.update(self._validate(epoch + 1))
-            if self.info.is_main:
-                s.history.append(row)
-                self._save_last()
-                self._write_metrics()
-            ddp.barrier(self.info)
+            validate = s.step >= target or (epoch_end and (epoch + 1) % t.val_every == 0)
+            self._end_epoch(row, validate=validate)
         bar.close()
+
+    def _end_epoch(self, row: dict, *, validate: bool) -> None:
+        """Checkpoint, validate (a kill during it resumes with it: the row is saved as pending
+        in last.pt first), then the epoch's metrics row and the checkpoint again."""
+        s = self.state
+        if validate:
+            s.pending = row
+            if self.info.is_main:
+                self._save_last()
+            row = {**row, **self._validate(row["epoch"])}
+            s.pending = None
+        if self.info.is_main:
+            s.history.append(row)
+            self._save_last()
+            self.run_dir.write_metrics(s.history, METRIC_FIELDS)
+        ddp.barrier(self.info)
 
     def _mid_epoch_checkpoint_due(self) -> bool:
         """Rank 0, every train.checkpoint_every steps, except at epoch ends (saved anyway)."""
@@ -407,8 +419,8 @@ class _Trainer:
         if v.score > s.best_score:
             s.best_score, s.best_threshold = v.score, v.threshold
             for name, full in v.maps.items():
-                write_png(self.oof_dir / f"{name}.png", full)
-            save_checkpoint(self.best_path, {
+                self.run_dir.write_oof(name, full)
+            save_checkpoint(self.run_dir.best, {
                 "config": config_to_dict(self.config), "model": model.state_dict(),
                 "step": s.step, "epoch": epoch, "score": v.score, "threshold": v.threshold,
             })  # fmt: skip
@@ -417,7 +429,7 @@ class _Trainer:
             self.writer.add_scalar("val/threshold", v.threshold, s.step)
         if self.log_images:
             write_previews(
-                self.report_dir, epoch, config=self.config, data=self.data, maps=v.maps,
+                self.run_dir.report, epoch, config=self.config, data=self.data, maps=v.maps,
                 model=self.stepper.model, batch=self.stepper.last_batch, hooks=self.hooks,
             )  # fmt: skip
         if self.progress:
@@ -426,16 +438,6 @@ class _Trainer:
         return {"f05": v.score, "threshold": v.threshold}
 
     # -- output --------------------------------------------------------------------------------
-    def _write_metrics(self) -> None:
-        keys = list(METRIC_FIELDS)
-        for row in self.state.history:
-            keys += [k for k in row if k not in keys]
-        with open(self.out / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            for row in self.state.history:
-                w.writerow(row)
-
     def _say(self, msg: str) -> None:
         if self.info.is_main:
             print(msg, flush=True)

@@ -19,9 +19,8 @@ import torch
 from kit.checkpoint import save_checkpoint
 from kit.config import Config, config_from_dict, config_to_dict
 from kit.errors import KitError
+from kit.train.rerun import RESUME_FREE
 from kit.train.step import Stepper
-
-RESUME_FREE = ("epochs", "num_workers", "checkpoint_every")  # train.* that may change on resume
 
 
 @dataclass
@@ -36,9 +35,16 @@ class TrainState:
     epoch_steps: int = 0
     epoch_tiles: int = 0
     epoch_seconds: float = 0.0
+    # An epoch's metrics row saved before its validation ran: a run killed during validation
+    # resumes with that validation, not with a lost epoch.
+    pending: dict | None = None
 
 
-def save_last(path: Path, *, config: Config, stepper: Stepper, state: TrainState) -> None:
+def save_last(
+    path: Path, *, config: Config, stepper: Stepper, state: TrainState, previous: Path | None
+) -> None:
+    """last.pt at `path`; the one it replaces is kept as `previous` (a fallback if it is ever
+    damaged)."""
     s, t = state, config.train
     save_checkpoint(path, {
         "config": config_to_dict(config),
@@ -58,7 +64,8 @@ def save_last(path: Path, *, config: Config, stepper: Stepper, state: TrainState
         "history": s.history,
         "epoch_progress": {"sums": s.epoch_sums, "steps": s.epoch_steps,
                            "tiles": s.epoch_tiles, "seconds": s.epoch_seconds},
-    })  # fmt: skip
+        "pending": s.pending,
+    }, keep_previous=previous)  # fmt: skip
 
 
 def check_resumable(config: Config, saved: dict, path: Path) -> None:
@@ -96,6 +103,7 @@ def restore(saved: dict, *, stepper: Stepper, state: TrainState) -> None:
         saved["best_threshold"],
     )
     stepper.micro_batch, s.history = saved["micro_batch"], list(saved.get("history", []))
+    s.pending = saved.get("pending")
     if s.step % stepper.config.train.steps_per_epoch and "epoch_progress" in saved:
         p = saved["epoch_progress"]
         s.epoch_sums, s.epoch_steps = dict(p["sums"]), p["steps"]

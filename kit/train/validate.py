@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 
 from kit.config import Config
 from kit.errors import KitError
+from kit.io import write_png
 from kit.models import TrainingHooks
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def validate(model: torch.nn.Module, config: Config, data: FoldData, *, device: 
             keep[r0:r1] = True
         labels = fragment.labels()
         if labels is None:
-            raise KitError(f"{fragment.path / 'inklabels.png'} is missing: cannot validate")
+            raise KitError(f"{fragment.files.labels} is missing: cannot validate")
         inside = fragment.mask() & keep[:, None]
         maps[fragment.id] = full
         probs.append(full[inside])
@@ -74,10 +74,9 @@ def write_previews(
     tiles of the last training `batch` (x, y, tiles) with `model`'s prediction."""
     from kit.train.preview import training_preview, validation_preview
 
-    folder.mkdir(exist_ok=True)
     for fragment, ranges in zip(data.val, data.val_rows, strict=True):
         picture = validation_preview(fragment, config, maps[fragment.id], ranges)
-        cv2.imwrite(str(folder / f"epoch{epoch:03d}_{fragment.id}.png"), picture)
+        write_png(folder / f"epoch{epoch:03d}_{fragment.id}.png", picture)
     x, y, tiles = batch
     kwargs = hooks.eval_kwargs(tiles[:4] if tiles is not None else None)
     with torch.no_grad():
@@ -85,4 +84,4 @@ def write_previews(
         logits = model(x[:4], **kwargs).logits.float()
         model.train()
     picture = training_preview(x[:4], y[:4], torch.sigmoid(logits), hooks.last_points)
-    cv2.imwrite(str(folder / f"epoch{epoch:03d}_train.png"), picture)
+    write_png(folder / f"epoch{epoch:03d}_train.png", picture)
