@@ -3,7 +3,8 @@
 Every case starts from a copy of one tiny finished pipeline (the "site": a dataset, a trained
 run, its evaluation, a prediction and a submission), breaks one thing, runs one command and
 asserts that
-- it exits non-zero (2: a KitError) with ONE line on stderr and no traceback,
+- it exits non-zero (2: a KitError) with ONE line on stderr and no traceback (a case with rc 0
+  goes on after ONE `warning: ` line),
 - the line matches each of the case's patterns: the file or key at fault, and the fix where the
   kit can know one (a distinctive phrase of it),
 - nothing partial is left (no new file, no `.*.tmp*`, `*.partial` or `*.unvalidated`) and nothing
@@ -284,6 +285,13 @@ CASES = [
          r"surface_mean", r"expected a number"),
     case("demo-into-a-dataset", "demo-data {DATA}", r"/data is not empty",
          r"give a new directory"),
+    # fragments ------------------------------------------------------------------------------
+    case("fragments-data-missing", "fragments --data {W}/nope", r"nope does not exist",
+         r"pass a dataset directory"),
+    case("fragments-none-there", "fragments --data {W}/runs", r"runs holds no fragment "
+         r"\(a directory with surface_volume/00\.tif", r"pass a dataset directory"),
+    case("fragments-one-broken", "fragments --data {DATA}", r"train/2/surface_volume is missing",
+         build=(remove("data/train/2/surface_volume"),)),
     # folds ----------------------------------------------------------------------------------
     case("folds-data-missing", "folds --data {W}/nope --out {W}/f.csv", r"nope does not exist",
          r"pass a dataset directory \(with train/ and test/\)"),
@@ -691,9 +699,10 @@ def test_bad_input(bad: Bad, site: Path, capsys):
 
 
 def test_catalogue_covers_every_command():
+    from kit.cli import COMMANDS
+
     commands = {c.values[0].argv.split()[0] for c in CASES}
-    assert commands >= {"demo-data", "folds", "probe", "train", "predict", "evaluate", "submit",
-                        "validate", "report", "run_all.sh"}  # fmt: skip
+    assert commands >= {*COMMANDS, "run_all.sh"}
     assert len(CASES) >= 60
 
 
@@ -740,14 +749,15 @@ setattr(target, name, wrapper)
 from kit.cli import main
 sys.exit(main(sys.argv[5:]))
 """
-# Checkpoint writes of FAULT_TRAIN (torch.save calls): last.pt at steps 1 and 2, best.pt and
-# last.pt at the end of epoch 1 (step 3), last.pt at 4 and 5, best.pt (if better) and last.pt.
+# Checkpoint writes of FAULT_TRAIN, the N-th torch.save: 1, 2 last.pt at steps 1 and 2 (mid
+# epoch); 3 last.pt at step 3 (the epoch, before its validation), 4 best.pt, 5 last.pt (after
+# it); 6, 7 last.pt at 4 and 5; 8 last.pt at 6, then best.pt if better, then last.pt.
 FAULT_TRAIN = (
     "train --data {DATA} --folds {FOLDS} --config {TINY} --fold 0 --out {OUT} "
     "--set train.steps_per_epoch=3 --set train.epochs=2 --set train.checkpoint_every=1"
 )
 KILL_POINTS = {  # quick: the first of each list
-    "checkpoint_write": [2, 1, 3, 4, 5],  # the N-th torch.save, killed half-written
+    "checkpoint_write": [2, 1, 3, 4, 5, 8],  # the N-th torch.save, killed half-written
     "predict_write": [
         ("write_png", 1, "after"),
         ("write_png", 3, "before"),
