@@ -82,32 +82,28 @@ for config in "${MEMBERS[@]}"; do
   for fold in $FOLD_IDS; do RUNS+=("$OUT_DIR/runs/$name/fold$fold"); done
 done
 
-# One `kit train` per (member, fold). A finished run leaves its exact command in $run/finished:
-# the same command is skipped without starting Python; any change (config, TRAIN_ARGS,
-# checkpoint) goes through `kit train`, which resumes from last.pt or refuses as the run says.
+# One `kit train` per (member, fold). The run decides from its provenance (run.json: requested
+# config, fold, folds, data files, starting weights, kit version; kit/train/rerun.py): the same
+# inputs finish at once (before torch loads) or resume from last.pt; any other input (config,
+# TRAIN_ARGS, an edited preset, new data or weights) trains it again from scratch (--overwrite),
+# so a rerun gives what a fresh run gives.
 train_command() {
   local config=$1 fold=$2 run=$3
-  TRAIN=(--data "$DATA_DIR" --fold "$fold" --config "$config" --folds "$FOLDS" --out "$run")
-  # The marker also holds the config file's hash, so an edited preset or YAML trains again.
-  local yaml=$config
-  [ -f "$yaml" ] || yaml="kit/presets/$config.yaml"
-  [ -f "$yaml" ] && CONFIG_HASH=$(cksum <"$yaml") || CONFIG_HASH=none
+  TRAIN=(--data "$DATA_DIR" --fold "$fold" --config "$config" --folds "$FOLDS" --out "$run"
+    --resume --overwrite)
   [ -n "$SAM_CHECKPOINT" ] && TRAIN+=(--sam-checkpoint "$SAM_CHECKPOINT")
   # shellcheck disable=SC2206
   TRAIN+=($TRAIN_ARGS "${BUDGET_ARGS[@]}")
 }
 
 train_one() {
-  local run=$1 device=$2
-  shift 2
-  local args=("$@")
-  [ -f "$run/checkpoints/last.pt" ] && args+=(--resume)
+  local device=$1
+  shift
   if [ "$device" = cpu ]; then
-    "$PY" -m kit train "${args[@]}"
+    "$PY" -m kit train "$@"
   else
-    CUDA_VISIBLE_DEVICES=$device "$PY" -m kit train "${args[@]}"
+    CUDA_VISIBLE_DEVICES=$device "$PY" -m kit train "$@"
   fi
-  echo "train $* $CONFIG_HASH" >"$run/finished"
 }
 
 # Several trainings at once: one per GPU, or CPU_JOBS on a CPU (the demo presets use one torch
@@ -154,20 +150,17 @@ for config in "${MEMBERS[@]}"; do
   for fold in $FOLD_IDS; do
     run="$OUT_DIR/runs/$name/fold$fold"
     train_command "$config" "$fold" "$run"
-    if [ -f "$run/finished" ] && [ "$(cat "$run/finished")" = "train ${TRAIN[*]} $CONFIG_HASH" ]; then
-      echo "$run: finished earlier, kept"
-      continue
-    fi
     device=cpu
     [ "$NGPUS" -gt 0 ] && device=$((slot % NGPUS))
     if [ "$SLOTS" -le 1 ]; then
       STEP="train $name fold $fold"
-      train_one "$run" "$device" "${TRAIN[@]}"
+      train_one "$device" "${TRAIN[@]}"
       continue
     fi
     while [ "${#PIDS[@]}" -ge "$SLOTS" ]; do reap_oldest; done
-    echo "$run: training (log: $run.log)"
-    train_one "$run" "$device" "${TRAIN[@]}" >"$run.log" 2>&1 &
+    echo "$run: kit train (log: $run.log)"
+    # appended: a rerun that finds the run done adds one line, the training log stays
+    { echo "== $(date '+%F %T') kit train ${TRAIN[*]}"; train_one "$device" "${TRAIN[@]}"; } >>"$run.log" 2>&1 &
     PIDS+=($!) NAMES+=("$name fold $fold") LOGS+=("$run.log")
     slot=$((slot + 1))
   done
