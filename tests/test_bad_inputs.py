@@ -708,12 +708,16 @@ def test_catalogue_covers_every_command():
 
 # -- faults: SIGKILL at a chosen moment, then a rerun ------------------------------------------
 # `python -c KILLER MODULE NAME N WHEN ARGV...` runs `python -m kit ARGV` with MODULE.NAME
-# wrapped: at its N-th call the process SIGKILLs itself before the call, after it, or during it
-# (torch.save and cv2.imwrite: half of the file's bytes are written first, as a kill mid-write).
+# (NAME may be Class.method) wrapped: at its N-th call the process SIGKILLs itself before the
+# call, after it, or during it (torch.save, cv2.imwrite and Path.write_text: half of the file's
+# bytes are written first, as a kill mid-write).
 KILLER = """
 import importlib, io, os, signal, sys
 module, name, n, when = sys.argv[1:5]
 target = importlib.import_module(module)
+*owners, name = name.split(".")
+for owner in owners:
+    target = getattr(target, owner)
 original, calls = getattr(target, name), [0]
 
 def die():
@@ -726,6 +730,9 @@ def half_written(*args):
         data, f = buffer.getvalue(), args[1]
         f.write(data[: len(data) // 2])
         f.flush()
+    elif name == "write_text":  # Path.write_text(self, text)
+        with open(args[0], "w") as f:
+            f.write(args[1][: len(args[1]) // 2])
     else:  # cv2.imwrite(path, image)
         import cv2
         data = cv2.imencode(os.path.splitext(args[0])[1], args[1])[1].tobytes()
@@ -756,14 +763,22 @@ FAULT_TRAIN = (
     "train --data {DATA} --folds {FOLDS} --config {TINY} --fold 0 --out {OUT} "
     "--set train.steps_per_epoch=3 --set train.epochs=2 --set train.checkpoint_every=1"
 )
+STEP = "kit.train.step", "Stepper.step"  # one optimiser step of FAULT_TRAIN (6 in all)
 KILL_POINTS = {  # quick: the first of each list
     "checkpoint_write": [2, 1, 3, 4, 5, 8],  # the N-th torch.save, killed half-written
+    "mid_epoch": [(*STEP, 5, "before"), (*STEP, 1, "before"), (*STEP, 6, "after")],
+    # predict's writes: predict.json (1st write_text), a.png, preview/a.png, predict.json, b ...
     "predict_write": [
-        ("write_png", 1, "after"),
-        ("write_png", 3, "before"),
-        ("imwrite", 1, "during"),
-        ("imwrite", 3, "during"),
+        ("cv2", "imwrite", 3, "during"),
+        ("pathlib", "Path.write_text", 2, "during"),
+        ("kit.io", "write_png", 1, "after"),
+        ("kit.io", "write_png", 3, "before"),
+        ("cv2", "imwrite", 1, "during"),
+        ("pathlib", "Path.write_text", 1, "during"),
     ],
+    # run_all.sh killed (with the `kit` it runs) when this file appears under OUT_DIR
+    "run_all_kill": ["runs/tiny/fold1/checkpoints/last.pt", "runs/tiny/fold0/finished",
+                     "predictions/a.png", "evaluation/evaluation.json"],
 }
 
 
@@ -793,14 +808,17 @@ def temps(folder: Path) -> list[str]:
     return sorted(p.name for g in LEFTOVERS for p in folder.rglob(g))
 
 
-def same_training(a: Path, b: Path) -> None:
-    """best.pt and the OOF maps byte for byte, and last.pt's weights and step."""
-    for rel in ("checkpoints/best.pt", "oof/1.png"):
-        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    la, lb = (torch.load(p / "checkpoints" / "last.pt", weights_only=False) for p in (a, b))
-    assert la["step"] == lb["step"] == 6
-    for name, tensor in la["model"].items():
-        assert torch.equal(tensor, lb["model"][name]), name
+def same_training(a: Path, b: Path, *, same_config: bool = True) -> None:
+    """The OOF map byte for byte, best.pt too (else its weights: the configs differ), and
+    last.pt's weights and step."""
+    assert (a / "oof/1.png").read_bytes() == (b / "oof/1.png").read_bytes()
+    if same_config:
+        assert (a / "checkpoints/best.pt").read_bytes() == (b / "checkpoints/best.pt").read_bytes()
+    for name, step in (("best.pt", None), ("last.pt", 6)):
+        sa, sb = (torch.load(p / "checkpoints" / name, weights_only=False) for p in (a, b))
+        assert sa["step"] == sb["step"] and step in (None, sa["step"]), name
+        for key, tensor in sa["model"].items():
+            assert torch.equal(tensor, sb["model"][key]), f"{name}: {key}"
 
 
 @pytest.fixture(scope="module")
@@ -811,10 +829,10 @@ def fault_site(site_template, tmp_path_factory) -> Path:
     return w
 
 
-def rerun_training(w: Path, out: Path) -> None:
+def rerun_training(w: Path, out: Path, argv: str = FAULT_TRAIN) -> None:
     """What run_all.sh does after a kill: the same command, with --resume when last.pt exists."""
     resume = " --resume" if (out / "checkpoints" / "last.pt").is_file() else ""
-    kit(FAULT_TRAIN + resume, w, out)
+    kit(argv + resume, w, out)
 
 
 @pytest.fixture(scope="module")
@@ -842,24 +860,41 @@ def test_a_kill_mid_checkpoint_write_leaves_no_temporary_file(killed_checkpoint_
     assert temps(run) == [], f"left by the kill: {left}"
 
 
-def test_a_kill_during_validation_keeps_the_epoch(fault_site):
-    out = fault_site / "killed-validation"
-    killed(("kit.infer.stitch", "predict_fragment", 1, "before"), FAULT_TRAIN, fault_site, out)
-    from kit.checkpoint import load_checkpoint
-
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3  # the epoch's 3 steps
+def test_a_kill_mid_epoch_resumes_to_the_same_run(fault_site, mid_epoch):
+    out = fault_site / f"killed-step-{mid_epoch[2]}-{mid_epoch[3]}"
+    killed(mid_epoch, FAULT_TRAIN, fault_site, out)
     rerun_training(fault_site, out)
     same_training(fault_site / "straight", out)
     assert temps(out) == []
 
 
-def test_a_killed_predict_reruns_to_the_same_maps(site, predict_write):
-    name, n, when = predict_write
-    module = "kit.io" if name == "write_png" else "cv2"
-    kit(PREDICT.replace("{W}/new", "{OUT}"), site, site / "clean")
-    killed((module, name, n, when), PREDICT.replace("{W}/new", "{OUT}"), site, site / "killed")
-    kit(PREDICT.replace("{W}/new", "{OUT}"), site, site / "killed")
-    assert snapshot(site / "killed") == snapshot(site / "clean")  # predict.json included
+def test_a_kill_during_validation_keeps_the_epoch(fault_site):
+    """No mid-epoch checkpoints: the epoch's last.pt must come before its validation."""
+    argv = FAULT_TRAIN.replace("checkpoint_every=1", "checkpoint_every=0")
+    out = fault_site / "killed-validation"
+    killed(("kit.infer.stitch", "predict_fragment", 1, "before"), argv, fault_site, out)
+    from kit.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3  # the epoch's 3 steps
+    rerun_training(fault_site, out, argv)
+    same_training(fault_site / "straight", out, same_config=False)
+    assert temps(out) == []
+
+
+@pytest.fixture(scope="module")
+def clean_prediction(site_template, tmp_path_factory) -> Path:
+    """A copy of the site with `clean/`: a prediction without a fault."""
+    w = copy_site(site_template, tmp_path_factory.mktemp("predict") / "w")
+    kit(PREDICT.replace("{W}/new", "{OUT}"), w, w / "clean")
+    return w
+
+
+def test_a_killed_predict_reruns_to_the_same_maps(clean_prediction, predict_write):
+    w, argv = clean_prediction, PREDICT.replace("{W}/new", "{OUT}")
+    out = w / "killed-{}-{}-{}-{}".format(*predict_write)
+    killed(predict_write, argv, w, out)
+    kit(argv, w, out)
+    assert snapshot(out) == snapshot(w / "clean")  # predict.json included; no temporary left
 
 
 def test_predict_redoes_the_maps_of_a_retrained_checkpoint(site, capsys):
@@ -892,10 +927,11 @@ def test_a_killed_run_all_reruns_to_the_same_submission(site, request):
     clean = start(site / "clean")
     assert clean.wait(timeout=600) == 0, clean.stderr.read()[-2000:]
     run = start(site / "killed")
-    finished = site / "killed" / "runs" / "tiny" / "fold0" / "finished"
-    while not finished.exists() and run.poll() is None:
+    second = site / "killed" / "runs" / "tiny" / "fold1" / "run.json"  # fold 1 has started
+    while not second.exists() and run.poll() is None:
         time.sleep(0.05)
-    os.killpg(run.pid, signal.SIGKILL)  # the script and the `kit` it runs
+    assert run.poll() is None, "run_all.sh ended before the kill"
+    os.killpg(run.pid, signal.SIGKILL)  # the script and the `kit train` it runs
     run.wait()
     again = start(site / "killed")
     assert again.wait(timeout=600) == 0, again.stderr.read()[-2000:]
