@@ -777,8 +777,12 @@ KILL_POINTS = {  # quick: the first of each list
         ("pathlib", "Path.write_text", 1, "during"),
     ],
     # run_all.sh killed (with the `kit` it runs) when this file appears under OUT_DIR
-    "run_all_kill": ["runs/tiny/fold1/checkpoints/last.pt", "runs/tiny/fold0/finished",
-                     "predictions/a.png", "evaluation/evaluation.json"],
+    "run_all_kill": [
+        "runs/tiny/fold1/run.json",  # the second training has started
+        "runs/tiny/fold1/checkpoints/last.pt",
+        "evaluation/evaluation.json",
+        "predictions/a.png",
+    ],
 }
 
 
@@ -912,29 +916,36 @@ def test_predict_redoes_the_maps_of_a_retrained_checkpoint(site, capsys):
     assert (site / "pred" / "a.png").read_bytes() != before
 
 
-def test_a_killed_run_all_reruns_to_the_same_submission(site, request):
-    if request.config.getoption("--faults") != "full":
-        pytest.skip("run_all.sh three times: --faults full (or INKKIT_FAULTS=full)")
+def _run_all(out: Path, site: Path) -> subprocess.Popen:
+    """run_all.sh on the site's data into `out`, in its own process group."""
     env = {k: _fill(v, site) for k, v in RUN_ALL_ENV.items()}
-    env.update(TRAIN_ARGS="--max-steps 2", PYTHON=sys.executable)
+    env.update(TRAIN_ARGS="--max-steps 2", PYTHON=sys.executable, OUT_DIR=str(out))
     environ = {k: v for k, v in os.environ.items() if k not in ("TIME_BUDGET", "DEMO_SCALE")}
+    return subprocess.Popen(["bash", str(ROOT / "run_all.sh")], env={**environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
 
-    def start(out: Path) -> subprocess.Popen:
-        return subprocess.Popen(["bash", str(ROOT / "run_all.sh")], env={**environ, **env,
-                                "OUT_DIR": str(out)}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
 
-    clean = start(site / "clean")
+@pytest.fixture(scope="module")
+def clean_run_all(fault_site, request) -> Path:
+    if request.config.getoption("--faults") != "full":
+        pytest.skip("run_all.sh twice per kill point: --faults full (or INKKIT_FAULTS=full)")
+    out = fault_site / "run-all-clean"
+    clean = _run_all(out, fault_site)
     assert clean.wait(timeout=600) == 0, clean.stderr.read()[-2000:]
-    run = start(site / "killed")
-    second = site / "killed" / "runs" / "tiny" / "fold1" / "run.json"  # fold 1 has started
-    while not second.exists() and run.poll() is None:
-        time.sleep(0.05)
-    assert run.poll() is None, "run_all.sh ended before the kill"
-    os.killpg(run.pid, signal.SIGKILL)  # the script and the `kit train` it runs
+    return out
+
+
+def test_a_killed_run_all_reruns_to_the_same_submission(fault_site, clean_run_all, run_all_kill):
+    out = fault_site / f"run-all-killed-{run_all_kill.replace('/', '-')}"
+    run = _run_all(out, fault_site)
+    while not (out / run_all_kill).exists() and run.poll() is None:
+        time.sleep(0.02)
+    assert run.poll() is None, f"run_all.sh ended before {run_all_kill} appeared"
+    os.killpg(run.pid, signal.SIGKILL)  # the script and the `kit` it runs
     run.wait()
-    again = start(site / "killed")
+    again = _run_all(out, fault_site)
     assert again.wait(timeout=600) == 0, again.stderr.read()[-2000:]
     for rel in ("submission.csv", "predictions/a.png", "predictions/b.png"):
-        assert (site / "killed" / rel).read_bytes() == (site / "clean" / rel).read_bytes(), rel
-    assert temps(site / "killed") == []
+        assert (out / rel).read_bytes() == (clean_run_all / rel).read_bytes(), rel
+    assert temps(out) == []
