@@ -218,7 +218,17 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         raise ConfigError(
             f"unknown config {name_or_path!r}: give a YAML path or one of {preset_names()}"
         )
-    raw = yaml.safe_load(text) or {}
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"{name_or_path} is not valid YAML {_yaml_problem(exc)}; fix the file"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{name_or_path}: expected a mapping of sections (model:, data:, train:, ...), got "
+            f"a {type(raw).__name__}"
+        )
     raw.setdefault("name", path.stem if path.suffix else name_or_path)
     config = config_from_dict(raw, source=str(name_or_path))
     return apply_overrides(config, overrides)
@@ -344,7 +354,13 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}; keys: {list(node)}")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"override {item!r}: {value!r} is not valid YAML; quote a string ('...') and "
+                "write a list as [a, b]"
+            ) from None
     return config_from_dict(raw, source="--set")
 
 
@@ -359,7 +375,17 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             f"{where}: unknown keys {unknown} in {cls.__name__}; valid: {sorted(names)}"
         )
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in raw.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a section's own check names the key; add the file (one level up)
+        raise ConfigError(f"{where if cls is Config else where.rsplit('.', 1)[0]}: {exc}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where a YAML parse error is ("at line L, column C") and what it is, as far as it says."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1} " if mark is not None else ""
+    return f"{where}({getattr(exc, 'problem', None) or exc})"
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

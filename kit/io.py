@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import shutil
@@ -20,6 +21,9 @@ import numpy as np
 from kit.errors import KitError
 
 TEMPORARY = ".*.*.tmp*"  # what atomic_path names its temporaries (glob)
+# A write that fails for want of room (a full disk, a quota, a file-size limit): a KitError
+# naming the file, never a traceback.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @contextlib.contextmanager
@@ -36,8 +40,19 @@ def atomic_path(path: str | os.PathLike, *, keep_previous: Path | None = None) -
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            raise write_failed(path, exc.strerror) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_failed(path: str | os.PathLike, why: str) -> KitError:
+    """The error for a write that did not happen: the file, why, and what to do."""
+    return KitError(
+        f"could not write {path} ({why}): free disk space or write to another directory, then rerun"
+    )
 
 
 def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -55,7 +70,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), image):
-            raise KitError(f"could not write {path}; is the disk full or the directory read-only?")
+            raise write_failed(path, "cv2.imwrite failed: a full disk or a read-only directory?")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -85,7 +100,12 @@ def write_torch(path: str | os.PathLike, obj, *, keep_previous: Path | None = No
     import torch
 
     with atomic_path(path, keep_previous=keep_previous) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:  # torch's zip writer: "... file write failed" (a full disk)
+            if "write failed" not in str(exc):
+                raise
+            raise write_failed(path, str(exc).splitlines()[0]) from exc
         f.flush()
         os.fsync(f.fileno())
 

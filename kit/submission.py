@@ -102,7 +102,11 @@ def write_submission(
         sample_ids = list(read_submission(sample))
         unknown = sorted(set(rows) - set(sample_ids))
         if unknown:
-            raise SubmissionError(f"ids {unknown} are not in {sample}")
+            raise SubmissionError(
+                f"ids {unknown} are not in {sample}, and the competition rejects ids it does not "
+                "list: pass the sample_submission.csv of this test set (or take those fragments "
+                "out of the test directory)"
+            )
         absent = [i for i in sample_ids if i not in rows]
         if absent:  # the competition scores every id of the sample: never drop one silently
             raise SubmissionError(

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 DEMO_SCALE = 1 / 48  # fragment 1 is 170×132, fragment 2 is 309×198; ~1 s to generate
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--faults",
+        choices=("quick", "full"),
+        default=os.environ.get("INKKIT_FAULTS", "quick"),
+        help="tests/test_bad_inputs.py kill points: one of each kind (quick) or all (full); "
+        "default: $INKKIT_FAULTS, else quick",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ fragments' true labels, for checking a pipeline end to end). See docs/data.md.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "write synthetic fragments in the competition layout"
 
@@ -45,6 +46,22 @@ def run(args: argparse.Namespace) -> int:
             raise KitError(f"--style {item!r} must look like field=value, e.g. surface_mean=40")
         overrides[key.strip()] = yaml.safe_load(value)
     style = style_from(args.variant, overrides, seed=args.seed)
+    _check_out(Path(args.out))
     out = make_demo_data(args.out, seed=args.seed, scale=args.scale, style=style, progress=True)
     print(f"demo data ({args.variant}) written to {out}")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """KitError unless `out` is new, empty or earlier demo data (which is rewritten): demo
+    files written over a real dataset would replace its fragments."""
+    from kit.data.demo import STYLE_FILE
+    from kit.errors import KitError
+
+    if out.exists() and not out.is_dir():
+        raise KitError(f"{out} is a file: give a new directory for the demo data")
+    if out.is_dir() and any(out.iterdir()) and not (out / STYLE_FILE).is_file():
+        raise KitError(
+            f"{out} is not empty and holds no demo data (no {STYLE_FILE}): the demo would write "
+            "over its train/ and test/; give a new directory"
+        )

@@ -39,23 +39,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from kit import __version__
     from kit.data.fragment import Fragment
     from kit.data.layout import find_fragments
     from kit.infer.ensemble import (
+        check_compatible,
         load_members,
         predict_ensemble,
         resolve_members,
     )
-    from kit.io import write_png
+    from kit.io import remove_temporaries, write_png
     from kit.pictures import probability_preview
     from kit.provenance import file_digest, fragment_identity
     from kit.run import PredictionDir
 
     out = PredictionDir(args.out)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     members = resolve_members(args.runs, args.weights)
     if args.evaluation is not None:
         from kit.errors import KitError
@@ -87,9 +86,13 @@ def run(args: argparse.Namespace) -> int:
         if f not in todo:
             print(f"{out.map(f.id)} exists (same members, checkpoints and data): skipped; "
                   "--overwrite redoes it")  # fmt: skip
+    remove_temporaries(out.path)  # what a killed predict left half-written
     if not todo:
         return 0
     loaded = load_members(members, overrides=args.set, device=device)
+    for fragment in todo:  # every fragment before the first map: no half-predicted directory
+        check_compatible(loaded, fragment)
+        fragment.mask()  # an empty mask fails here
     for m in members:
         print(f"member {m.name}: {m.checkpoint} (weight {m.weight:g})")
     # predict.json lists a fragment only once its map is written: a map that a kill left from
@@ -106,6 +109,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"{out.map(fragment.id)}: {fragment.shape[0]}×{fragment.shape[1]}, "
               f"mean probability in mask {inside.mean() / 255:.3f}")  # fmt: skip
     return 0
+
+
+def _device(requested: str | None) -> str:
+    """--device, checked before any work (default: cuda if present, else cpu)."""
+    import torch
+
+    from kit.errors import KitError
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise KitError(
+            f"--device {requested!r} is not a torch device; use cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise KitError(
+            f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+            "visible; use --device cpu or another index"
+        )
+    return requested
 
 
 def _todo(out, record: dict, fragments: list, *, overwrite: bool) -> list:

@@ -67,6 +67,10 @@ def make_submission(
 
     if not pred.is_dir():
         raise KitError(f"prediction directory {pred} does not exist; run `python -m kit predict`")
+    if out.is_dir():
+        raise KitError(
+            f"--out {out} is a directory: give a file path, e.g. {out / 'submission.csv'}"
+        )
     policy = decide_threshold(
         pred, threshold=threshold, percentile=percentile, min_area=min_area, evaluation=evaluation
     )

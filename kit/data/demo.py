@@ -48,6 +48,9 @@ TEST_SPLIT = {"a": (0, 2727), "b": (2727, 8181)}  # rows of the real fragment 1 
 BACKGROUND, PAPYRUS = 9000.0, 22000.0  # uint16 counts: air, and the dense sheet
 
 
+STYLE_FILE = "style.json"  # in every demo dataset: the style it was drawn in
+
+
 @dataclass(frozen=True)
 class DemoStyle:
     """What one synthetic dataset looks like. Lengths are pixels at the default scale, depths
@@ -129,9 +132,30 @@ def style_from(variant: str = "demo", overrides: dict | None = None, *, seed: in
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise KitError(f"unknown demo style field(s) {unknown}; valid: {sorted(valid)}")
-    if "pen_width" in overrides:
-        overrides["pen_width"] = tuple(float(v) for v in overrides["pen_width"])
-    return replace(style, **overrides)
+    checked = {
+        name: _style_value(name, value, getattr(style, name)) for name, value in overrides.items()
+    }
+    return replace(style, **checked)
+
+
+def _style_value(name: str, value, current):
+    """An override of style field `name` in the type of its `current` value, else a KitError."""
+
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if isinstance(current, bool):
+        ok, what = isinstance(value, bool), "true or false"
+    elif isinstance(current, tuple):
+        ok = isinstance(value, list | tuple) and len(value) == len(current)
+        ok, what = ok and all(map(number, value)), f"a list of {len(current)} numbers, e.g. [3, 7]"
+        value = tuple(float(v) for v in value) if ok else value
+    else:
+        ok, what = number(value), "a number"
+        value = float(value) if ok else value
+    if not ok:
+        raise KitError(f"--style {name}={value!r}: expected {what}")
+    return value
 
 
 @dataclass
@@ -212,7 +236,7 @@ def make_demo_data(
     )
     write_csv(out / "solution.csv", ["Id", "Predicted", "height", "width"], solution)
     write_folds(STANDARD_FOLDS, out / "folds.csv")
-    write_json(out / "style.json", asdict(style))
+    write_json(out / STYLE_FILE, asdict(style))
     return out
 
 

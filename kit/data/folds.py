@@ -167,7 +167,10 @@ def make_folds(ink_rows: dict[str, np.ndarray], k: int) -> list[Region]:
         cut = _ink_median_row(cums[big[0]], big[1], big[2])
         if cut is None:
             if len(pieces) < k:
-                raise FoldsError(f"cannot make {k} folds: the labelled ink cannot be cut further")
+                raise FoldsError(
+                    f"cannot make {k} folds: the labelled ink cannot be cut further; ask for "
+                    "fewer folds (a smaller --k)"
+                )
             break
         pieces[0:1] = [(big[0], big[1], cut), (big[0], cut, big[2])]
     load = [0] * k

@@ -73,8 +73,9 @@ class Fragment:
             mask = _read_png(self.files.mask) > 0
             if not mask.any():
                 raise FragmentError(
-                    f"{self.files.mask} is empty (all zero): no papyrus to read; "
-                    "remove the fragment or fix its mask"
+                    f"{self.files.mask} is empty (all zero): no papyrus to read; fix or re-copy "
+                    "the mask (a train fragment may instead be left out of the folds CSV; a test "
+                    "fragment may not: the submission needs a row for every test id)"
                 )
             self._mask = mask
         return self._mask
@@ -131,7 +132,7 @@ class Fragment:
             with Image.open(png) as im:
                 w, h = im.size
         except Exception as exc:
-            raise FragmentError(f"{png} is not a readable PNG ({exc})") from exc
+            raise FragmentError(f"{png} is not a readable PNG ({exc}); re-copy the file") from exc
         if (h, w) != self.shape:
             raise FragmentError(
                 f"{png} is {h}×{w}, slices in {self.slice_paths[0].parent} are "
