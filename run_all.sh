@@ -40,12 +40,23 @@ step() {
   printf '\n==> %s\n' "$STEP"
 }
 
+# Every setting is checked before any work, with the variable's name and the value it got.
+bad() { echo "run_all.sh: $1" >&2; exit 2; }
+number='^[0-9]+([.][0-9]*)?$'
+[ -z "${NGPUS:-}" ] || [[ $NGPUS =~ ^[0-9]+$ ]] || bad "NGPUS must be a whole number of GPUs (0 = CPU), got '$NGPUS'"
+[ -z "${CPU_JOBS:-}" ] || [[ $CPU_JOBS =~ ^[1-9][0-9]*$ ]] || bad "CPU_JOBS must be a whole number of trainings at once (1 or more), got '$CPU_JOBS'"
+[[ $DEMO_SCALE =~ $number ]] && LC_ALL=C awk -v s="$DEMO_SCALE" 'BEGIN { exit !(s > 0) }' || bad "DEMO_SCALE must be a positive number (the real fragments' size = 1), got '$DEMO_SCALE'"
+[ -z "${TIME_BUDGET:-}" ] || [[ $TIME_BUDGET =~ $number ]] || bad "TIME_BUDGET must be minutes (a number), got '$TIME_BUDGET'"
 if [ -z "${NGPUS:-}" ]; then
   NGPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 fi
 if [ -z "${CONFIG:-}" ]; then
   if [ "$NGPUS" -gt 0 ]; then CONFIG="sam-vit-b,unet-resnet34"; else CONFIG="cpu-demo,cpu-demo-unet"; fi
 fi
+IFS=',' read -r -a MEMBERS <<<"$CONFIG"
+for config in "${MEMBERS[@]}"; do
+  "$PY" -m kit config --config "$config" >/dev/null || bad "CONFIG member '$config' is not a preset or a YAML file that loads (the error above says why)"
+done
 mkdir -p "$OUT_DIR"
 
 if [ -z "${DATA_DIR:-}" ]; then
@@ -63,8 +74,16 @@ fi
 "$PY" -m kit fragments --data "$DATA_DIR" --split train >/dev/null || { echo "run_all.sh: set DATA_DIR to a dataset directory (train/, test/) in the competition layout" >&2; exit 2; }
 [ -f "$FOLDS" ] || { echo "run_all.sh: folds file $FOLDS does not exist; write one with: python -m kit folds --data $DATA_DIR --out $FOLDS" >&2; exit 2; }
 
-FOLD_IDS=$("$PY" -c "import sys; from kit.data.folds import load_folds; print(' '.join(map(str, sorted({r.fold for r in load_folds(sys.argv[1])}))))" "$FOLDS")
-IFS=',' read -r -a MEMBERS <<<"$CONFIG"
+FOLD_IDS=$("$PY" - "$FOLDS" <<'PY'
+import sys
+from kit.data.folds import load_folds
+from kit.errors import KitError
+try:
+    print(" ".join(map(str, sorted({r.fold for r in load_folds(sys.argv[1])}))))
+except KitError as exc:
+    sys.exit(f"error: {exc}")
+PY
+) || exit 2
 
 # Where the ink is: the window every "auto" preset trains on (each fold probes its own
 # training rows again, so held-out labels never choose its window; this is the overview).
@@ -119,7 +138,6 @@ if [ -z "$TIME_BUDGET" ] && [ "$NGPUS" -eq 0 ] && ! [[ " $TRAIN_ARGS " =~ $expli
   TIME_BUDGET=9
 fi
 if [ -n "$TIME_BUDGET" ]; then
-  [[ $TIME_BUDGET =~ ^[0-9]+([.][0-9]*)?$ ]] || { echo "run_all.sh: TIME_BUDGET must be minutes (a number), got '$TIME_BUDGET'" >&2; exit 2; }
   if [[ " $TRAIN_ARGS " =~ $own_budget ]]; then
     echo "time budget: TRAIN_ARGS sets --budget itself; TIME_BUDGET=$TIME_BUDGET not applied"
   elif LC_ALL=C awk -v t="$TIME_BUDGET" 'BEGIN { exit !(t > 0) }'; then

@@ -403,8 +403,7 @@ CASES = [
     case("train-init-from-missing", TRAIN + " --init-from {W}/nope", r"--init-from .*nope"),
     case("train-init-from-other-model", TRAIN + " --init-from {W}/other", r"sam vit_tiny model",
          r"same model\.family and model\.variant", build=(other_model_run("other"),)),
-    case("train-device-unknown", TRAIN + " --device tpu", r"--device", r"cpu",
-         xfail="--device is not checked: torch's RuntimeError is a traceback"),
+    case("train-device-unknown", TRAIN + " --device tpu", r"--device", r"cpu"),
     case("train-finished-more-epochs", RETRAIN + " --set train.epochs=2", r"fold0 holds a run of "
          r"other inputs \(config\.train\.epochs: 1 -> 2\)", r"add --resume to continue it"),
     case("train-resume-other-lr", RETRAIN + " --resume --set train.epochs=2 --set train.lr=1",
@@ -566,6 +565,13 @@ CASES = [
          build=(write("submission.csv", "Id,Predicted\na,1 0\nb,1 1\n"),)),
     case("validate-data-missing", VALIDATE + " --data {W}/nope", r"nope does not exist",
          r"pass a dataset directory"),
+    # config ---------------------------------------------------------------------------------
+    case("config-unknown-preset", "config --config nosuch", r"unknown config 'nosuch'",
+         r"give a YAML path or one of \['cpu-demo'"),
+    case("config-bad-value", "config --set train.amp=fp8", r"train\.amp='fp8' is not one of",
+         r"'bf16', 'fp16', 'off'"),
+    case("config-yaml-malformed", "config --config {W}/bad.yaml", r"bad\.yaml is not valid YAML",
+         build=(write("{W}/bad.yaml", "model: [\n"),)),
     # report ---------------------------------------------------------------------------------
     case("report-run-missing", REPORT + " --runs {W}/nope", r"nope is not a run directory",
          r"pass the runs that `kit train` wrote"),
@@ -581,26 +587,17 @@ CASES = [
     case("run-all-folds-missing", "run_all.sh", r"folds file .*none\.csv does not exist",
          r"python -m kit folds --data", env={"FOLDS": "{W}/none.csv"}),
     case("run-all-folds-malformed", "run_all.sh", r"folds\.csv: header must be",
-         build=(write("{FOLDS}", "id,k\n1,0\n"),),
-         xfail="run_all.sh reads the folds file in an inline python: its FoldsError is a "
-               "traceback, not one line"),
+         build=(write("{FOLDS}", "id,k\n1,0\n"),)),
     case("run-all-time-budget-not-a-number", "run_all.sh", r"TIME_BUDGET must be minutes",
-         r"got 'nine'", env={"TIME_BUDGET": "nine"},
-         xfail="run_all.sh checks TIME_BUDGET after the probe step: check it before any work"),
+         r"got 'nine'", env={"TIME_BUDGET": "nine"}),
     case("run-all-config-unknown", "run_all.sh", r"CONFIG member 'nosuch'", r"cpu-demo",
-         env={"CONFIG": "{TINY},nosuch"},
-         xfail="run_all.sh does not check CONFIG: an unknown member fails at its first "
-               "training, after the probe (and after the other members' trainings)"),
+         env={"CONFIG": "{TINY},nosuch"}),
     case("run-all-ngpus-not-a-number", "run_all.sh", r"NGPUS must be", r"got 'two'",
-         env={"NGPUS": "two"},
-         xfail="run_all.sh does not check NGPUS: `[ two -gt 0 ]` is a bash error, then it trains "
-               "on the CPU"),
+         env={"NGPUS": "two"}),
     case("run-all-cpu-jobs-zero", "run_all.sh", r"CPU_JOBS must be", r"got '0'",
-         env={"CPU_JOBS": "0"},
-         xfail="run_all.sh does not check CPU_JOBS: 0 trains one run at a time"),
+         env={"CPU_JOBS": "0"}),
     case("run-all-demo-scale-not-a-number", "run_all.sh", r"DEMO_SCALE must be",
-         r"got 'big'", env={"DATA_DIR": "", "DEMO_SCALE": "big"},
-         xfail="run_all.sh does not check DEMO_SCALE: argparse's usage text from kit demo-data"),
+         r"got 'big'", env={"DATA_DIR": "", "DEMO_SCALE": "big"}),
 ]  # fmt: skip
 # TRAIN_ARGS: a run_all.sh case that gets as far as training fails there at once (a different
 # message), so a check that is missing costs seconds, not a whole pipeline.

@@ -55,3 +55,17 @@ def test_unquoted_off_stays_a_word_for_string_fields(tmp_path):
 def test_bad_values_fail_when_the_config_loads_naming_the_key_and_the_valid_ones(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("cpu-demo", [override])
+
+
+def test_config_command_prints_the_resolved_config(capsys):
+    import yaml
+
+    from kit.cli import main
+
+    assert (
+        main(["config", "--config", "cpu-demo", "--set", "train.lr=0.5", "--set", "train.seed=3"])
+        == 0
+    )
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 0.5 and printed["train"]["seed"] == 3  # both --set apply
+    assert printed == config_to_dict(load_config("cpu-demo", ["train.lr=0.5", "train.seed=3"]))

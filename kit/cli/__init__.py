@@ -17,6 +17,7 @@ COMMANDS = {
     "fragments": "kit.cli.fragments",
     "folds": "kit.cli.folds",
     "probe": "kit.cli.probe",
+    "config": "kit.cli.config",
     "train": "kit.cli.train",
     "predict": "kit.cli.predict",
     "evaluate": "kit.cli.evaluate",
@@ -69,3 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def checked_device(requested: str | None) -> str:
+    """--device, checked before any work (default: cuda if present, else cpu)."""
+    import torch
+
+    from kit.errors import KitError
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise KitError(
+            f"--device {requested!r} is not a torch device; use cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise KitError(
+            f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+            "visible; use --device cpu or another index"
+        )
+    return requested

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kit import __version__
+    from kit.cli import checked_device
     from kit.data.fragment import Fragment
     from kit.data.layout import find_fragments
     from kit.infer.ensemble import (
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from kit.run import PredictionDir
 
     out = PredictionDir(args.out)
-    device = _device(args.device)
+    device = checked_device(args.device)
     members = resolve_members(args.runs, args.weights)
     if args.evaluation is not None:
         from kit.errors import KitError
@@ -109,28 +110,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{out.map(fragment.id)}: {fragment.shape[0]}×{fragment.shape[1]}, "
               f"mean probability in mask {inside.mean() / 255:.3f}")  # fmt: skip
     return 0
-
-
-def _device(requested: str | None) -> str:
-    """--device, checked before any work (default: cuda if present, else cpu)."""
-    import torch
-
-    from kit.errors import KitError
-
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise KitError(
-            f"--device {requested!r} is not a torch device; use cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise KitError(
-            f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-            "visible; use --device cpu or another index"
-        )
-    return requested
 
 
 def _todo(out, record: dict, fragments: list, *, overwrite: bool) -> list:

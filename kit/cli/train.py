@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, [f"train.budget_minutes={args.budget}"])
     if args.max_steps is not None and args.max_steps < 1:
         raise KitError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.device is not None:
+        from kit.cli import checked_device
+
+        checked_device(args.device)
     out = Path(args.out) if args.out else default_run_dir(config.name, args.fold)
     decision, _ = plan(  # before torch is imported: a finished run answers at once
         config, data_dir=data, fold=args.fold, folds_csv=folds, run=RunDir(out),

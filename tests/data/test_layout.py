@@ -206,6 +206,9 @@ def test_fold_data_names_the_folds_file_and_the_fix(dataset, tmp_path):
     write_folds([Region("1", 0, 0.0, 1.0), Region("2", 1, 0.0, 1.0)], folds)
     with pytest.raises(KitError, match=r"train/2/inklabels.png is missing: cannot train"):
         load_fold_data(dataset, 0, folds, progress=False)
+    with pytest.raises(KitError, match=r"train/2/inklabels.png is missing: fold 1 holds out rows"):
+        load_fold_data(dataset / "train", 1, folds, progress=False)  # checked before training
+    write_folds([Region("1", 0, 0.0, 1.0), Region("10", 1, 0.0, 1.0)], folds)
     data = load_fold_data(dataset / "train", 1, folds, progress=False)
     assert [f.path for f in data.train] == [dataset / "train" / "1"]
 
