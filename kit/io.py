@@ -140,3 +140,17 @@ def write_tiff(path: str | os.PathLike, image: np.ndarray, **options) -> None:
 def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def read_csv(path: str | os.PathLike, header: list[str], error: type[KitError], *, missing: str):
+    """[(line number, row)] of a CSV whose first line is exactly `header` (blank rows skipped);
+    `error` (a KitError class) names the file: `missing` is the fix when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist{missing}")
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        first = next(reader, None)
+        if first is None or [h.strip() for h in first] != header:
+            raise error(f"{path}: header must be exactly {','.join(header)}, got {first}")
+        return [(line, row) for line, row in enumerate(reader, start=2) if row]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kit import rle
 from kit.errors import KitError
-from kit.io import write_csv
+from kit.io import read_csv, write_csv
 
 HEADER = ["Id", "Predicted"]
 # Real RLE strings run to tens of MB; csv's default 128 kB field limit would reject them.
@@ -29,25 +29,16 @@ class SubmissionError(KitError, ValueError):
 def read_submission(path: str | os.PathLike) -> dict[str, str]:
     """{id: rle} in file order; checks the header, empty and duplicate ids, row lengths."""
     path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path} does not exist")
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != HEADER:
-            raise SubmissionError(f"{path}: header must be exactly Id,Predicted, got {header}")
-        rows: dict[str, str] = {}
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 2:
-                raise SubmissionError(f"{path} line {line}: expected 2 values (Id,Predicted)")
-            fid, text = row[0].strip(), row[1]
-            if not fid:
-                raise SubmissionError(f"{path} line {line}: empty Id")
-            if fid in rows:
-                raise SubmissionError(f"{path} line {line}: id {fid} appears twice")
-            rows[fid] = text
+    rows: dict[str, str] = {}
+    for line, row in read_csv(path, HEADER, SubmissionError, missing=""):
+        if len(row) != 2:
+            raise SubmissionError(f"{path} line {line}: expected 2 values (Id,Predicted)")
+        fid, text = row[0].strip(), row[1]
+        if not fid:
+            raise SubmissionError(f"{path} line {line}: empty Id")
+        if fid in rows:
+            raise SubmissionError(f"{path} line {line}: id {fid} appears twice")
+        rows[fid] = text
     return rows
 
 

@@ -62,7 +62,7 @@ def test_run_all_writes_a_valid_submission_and_reuses_everything(tmp_path):
     assert checkpoint.stat().st_mtime_ns == stamp
 
 
-def test_run_all_stops_at_the_failing_step_with_its_name(tmp_path, demo_dir):
+def test_run_all_refuses_an_unknown_member_before_any_work(tmp_path, demo_dir):
     env = {**os.environ, "OUT_DIR": str(tmp_path), "DATA_DIR": str(demo_dir), "NGPUS": "0"}
     env["CONFIG"] = "no-such-preset"
     result = subprocess.run(
@@ -70,15 +70,17 @@ def test_run_all_stops_at_the_failing_step_with_its_name(tmp_path, demo_dir):
     )
     assert result.returncode != 0
     assert "unknown config 'no-such-preset'" in result.stderr
-    assert 'step "train no-such-preset fold 0' in result.stderr
-    assert not (tmp_path / "submission.csv").exists()
+    # checked before any work: no probe, no training started
+    assert "CONFIG member 'no-such-preset' is not a preset" in result.stderr
+    assert not (tmp_path / "probe").exists() and not (tmp_path / "submission.csv").exists()
 
 
 def _run_all_failing(tmp_path, demo_dir, **env_vars) -> subprocess.CompletedProcess:
-    """run_all.sh up to its first training, which fails at once (unknown preset)."""
+    """run_all.sh up to its first training, which fails at once (train.lr=0 is refused)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TIME_BUDGET", "TRAIN_ARGS")}
     env.update(OUT_DIR=str(tmp_path), DATA_DIR=str(demo_dir), NGPUS="0", CPU_JOBS="2",
-               CONFIG="no-such-preset", PYTHON=sys.executable, **env_vars)  # fmt: skip
+               CONFIG="cpu-demo-unet", PYTHON=sys.executable, **env_vars)  # fmt: skip
+    env["TRAIN_ARGS"] = (env.get("TRAIN_ARGS", "") + " --set train.lr=0").strip()
     return subprocess.run(
         ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True, timeout=300
     )
@@ -88,7 +90,7 @@ def test_run_all_gives_every_training_the_same_budget(tmp_path, demo_dir):
     # ./folds.csv has 4 folds: 4 runs, 2 at a time = 2 waves; 85 % of 6 min over 2 waves
     result = _run_all_failing(tmp_path, demo_dir, TIME_BUDGET="6")
     assert "--budget 2.55 min per run (4 runs, 2 at a time = 2 waves" in result.stdout
-    assert 'step "train no-such-preset fold 0' in result.stderr  # it got as far as training
+    assert 'step "train cpu-demo-unet fold 0' in result.stderr  # it got as far as training
     default = _run_all_failing(tmp_path, demo_dir)  # no GPU: 9 minutes unless told otherwise
     assert "time budget 9 min: --budget 3.82 min per run" in default.stdout
     for told in ({"TRAIN_ARGS": "--max-steps 2"}, {"TIME_BUDGET": "0"}):

@@ -12,7 +12,6 @@ So no training tile ever contains a held-out label, and every held-out pixel is 
 
 from __future__ import annotations
 
-import csv
 import itertools
 import os
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.errors import KitError
-from kit.io import write_csv
+from kit.io import read_csv, write_csv
 
 COLUMNS = ["fragment", "fold", "row_start", "row_end"]
 
@@ -58,14 +57,9 @@ STANDARD_FOLDS = [
 def load_folds(path: str | os.PathLike) -> list[Region]:
     """Read and check a folds CSV; raises FoldsError naming the file and the bad row."""
     path = Path(path)
-    if not path.is_file():
-        raise FoldsError(f"{path} does not exist; write one with `python -m kit folds --data DIR`")
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != COLUMNS:
-            raise FoldsError(f"{path}: header must be {','.join(COLUMNS)}, got {header}")
-        regions = [_parse_row(path, i + 2, row) for i, row in enumerate(reader) if row]
+    rows = read_csv(path, COLUMNS, FoldsError,
+                    missing="; write one with `python -m kit folds --data DIR`")  # fmt: skip
+    regions = [_parse_row(path, line, row) for line, row in rows]
     if not regions:
         raise FoldsError(f"{path} has no regions")
     check_regions(regions, source=str(path))
