@@ -336,7 +336,7 @@ CASES = [
          r"python -m kit folds --data"),
     case("train-fold-absent", TRAIN + " --fold 7", r"folds\.csv has no regions for fold 7",
          r"folds there: \[0, 1\]"),
-    case("train-folds-bad-header", TRAIN, r"folds\.csv: header must be "
+    case("train-folds-bad-header", TRAIN, r"folds\.csv: header must be exactly "
          r"fragment,fold,row_start,row_end", build=(write("{FOLDS}", "id,k\n1,0\n"),)),
     case("train-folds-rows-reversed", TRAIN, r"folds\.csv line 2",
          r"0 <= row_start < row_end <= 1", build=(write("{FOLDS}", FOLDS_CSV.replace(
