@@ -2,7 +2,6 @@
 
     file_digest(path)         -> sha256 hex of a file (read in chunks: a ViT-B checkpoint in ~1 s)
     fragment_identity(frag)   -> {"shape", "files": {relative path: [size, mtime_ns]}}
-    config_digest(config)     -> sha256 hex of the resolved config
     training_provenance(...)  -> what a training run is made from (run.json "provenance")
     differences(old, new)     -> ["train.lr: 0.0001 -> 0.01", ...]: what changed, for the message
 
@@ -39,14 +38,6 @@ def fragment_identity(fragment) -> dict:
             st = p.stat()
             files[Path(os.path.relpath(p, f.root)).as_posix()] = [st.st_size, st.st_mtime_ns]
     return {"shape": list(fragment.shape), "files": files}
-
-
-def config_digest(config) -> str:
-    """sha256 of a Config's resolved fields (kit.config.config_to_dict, keys sorted)."""
-    from kit.config import config_to_dict
-
-    text = json.dumps(config_to_dict(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def file_identity(path: str | os.PathLike | None) -> list[int] | None:
