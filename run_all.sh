@@ -14,6 +14,8 @@
 #   CPU_JOBS        trainings at once without a GPU (default: the number of cores)
 #   DEMO_SCALE      size of the generated demo data relative to the real fragments (1/16)
 #   TRAIN_ARGS      extra arguments for every `kit train` call, e.g. "--max-steps 20"
+#   SUBMIT_ARGS     extra arguments for `kit submit` (the threshold policy), e.g. "--percentile 5"
+#                   or "--threshold 0.4 --min-area 50"; default: the out-of-fold threshold
 #   TIME_BUDGET     minutes for the whole pipeline: every `kit train` gets `--budget B` and sets
 #                   its own step count to fit B (it times its steps; epochs stay the validations).
 #                   B = 85 % of TIME_BUDGET / waves, waves = ceil(runs / trainings at once); the
@@ -31,6 +33,7 @@ OUT_DIR=${OUT_DIR:-outputs}
 FOLDS=${FOLDS:-folds.csv}
 SAM_CHECKPOINT=${SAM_CHECKPOINT:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+SUBMIT_ARGS=${SUBMIT_ARGS:-}
 DEMO_SCALE=${DEMO_SCALE:-0.0625}
 STEP="setup"
 trap 'echo "run_all.sh: step \"$STEP\" failed (exit $?); fix it and rerun: finished steps are kept." >&2' ERR
@@ -87,13 +90,9 @@ PY
 
 # Where the ink is: the window every "auto" preset trains on (each fold probes its own
 # training rows again, so held-out labels never choose its window; this is the overview).
+# kit probe keeps its probe.json when the fragments' files are the ones it read.
 step "probe ($OUT_DIR/probe)"
-if [ -f "$OUT_DIR/probe/probe.json" ] && [ "$(cat "$OUT_DIR/probe/data" 2>/dev/null)" = "$DATA_DIR" ]; then
-  echo "exists, kept: $("$PY" -c "import json, sys; w = json.load(open(sys.argv[1]))['window']; print(f'ink window slices {w[0]}..{w[1] - 1}')" "$OUT_DIR/probe/probe.json")"
-else
-  "$PY" -m kit probe --data "$DATA_DIR" --out "$OUT_DIR/probe"
-  echo "$DATA_DIR" >"$OUT_DIR/probe/data"
-fi
+"$PY" -m kit probe --data "$DATA_DIR" --out "$OUT_DIR/probe"
 
 RUNS=()
 for config in "${MEMBERS[@]}"; do
@@ -200,8 +199,9 @@ step "ensemble prediction on $DATA_DIR/test"
   "${WEIGHTS[@]}"
 
 step "submission"
+# shellcheck disable=SC2086
 "$PY" -m kit submit --pred "$OUT_DIR/predictions" --data "$DATA_DIR/test" \
-  --evaluation "$OUT_DIR/evaluation/evaluation.json" --out "$OUT_DIR/submission.csv"
+  --evaluation "$OUT_DIR/evaluation/evaluation.json" --out "$OUT_DIR/submission.csv" $SUBMIT_ARGS
 "$PY" -m kit validate "$OUT_DIR/submission.csv" --data "$DATA_DIR/test"
 
 step "report"
