@@ -33,7 +33,7 @@ from kit.train import ddp
 from kit.train.budget import fit_budget, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
 from kit.train.rerun import finished_message, plan, total_steps
-from kit.train.resume import TrainState, check_resumable, restore, save_last
+from kit.train.resume import TrainState, check_disk, check_resumable, restore, save_last
 from kit.train.sampler import epoch_tiles, tile_candidates
 from kit.train.step import Stepper, lr_factor
 from kit.train.validate import validate, write_previews
@@ -265,6 +265,8 @@ class _Trainer:
             r = self.init_record
             skipped = "; ".join(r["skipped"]) or "none"
             self._say(f"init from {r['checkpoint']}: {r['loaded']} tensors; skipped: {skipped}")
+        if self.info.is_main:
+            check_disk(self.run_dir, model)
         model = model.to(self.device)
         self.hooks = training_hooks(
             config, model, fragments=[f.id for f in self.data.train],

@@ -115,6 +115,36 @@ def test_held_out_fragment_without_labels_fails_before_any_training(demo_dir, tm
     assert not RunDir(out).last.exists()
 
 
+def test_a_disk_too_small_for_the_checkpoints_is_refused_before_any_training(
+    demo_dir, tmp_path, monkeypatch
+):
+    from collections import namedtuple
+
+    from kit.train import resume
+
+    usage = namedtuple("usage", "total used free")
+    out = tmp_path / "run"
+    monkeypatch.setattr(resume.shutil, "disk_usage", lambda _: usage(1 << 40, 1 << 40, 4096))
+    with pytest.raises(KitError, match=r"GiB free on its disk, but this run's checkpoints need"):
+        _train(demo_dir, out)
+    assert not RunDir(out).last.exists()
+    monkeypatch.undo()  # the same run with the disk it really has
+    _train(demo_dir, out)
+    assert RunDir(out).last.exists()
+
+
+def test_checkpoint_bytes_bounds_what_the_run_writes(demo_dir, tmp_path):
+    from kit.models import build_model
+    from kit.train.resume import checkpoint_bytes
+
+    out = tmp_path / "run"
+    _train(demo_dir, out)
+    run = RunDir(out)
+    written = sum(p.stat().st_size for p in (run.last, run.last_prev, run.best) if p.exists())
+    need = checkpoint_bytes(build_model(_config("data.reverse=false")))
+    assert written + run.last.stat().st_size <= need < 20 * written
+
+
 def test_a_fold_without_held_out_ink_is_warned(demo_dir, tmp_path, capsys):
     folds = tmp_path / "folds.csv"  # fragment 1's first 2 % of rows: papyrus edge, no ink
     write_folds([Region("1", 0, 0.0, 0.02), Region("1", 1, 0.02, 1.0),
