@@ -59,6 +59,17 @@ def test_changed_data_is_another_input(demo_dir, tmp_path):
         _train(data, out)
 
 
+def test_changed_starting_weights_are_another_input(demo_dir, tmp_path):
+    source, out = tmp_path / "source", tmp_path / "run"
+    _train(demo_dir, source)
+    start = f"model.init_from={RunDir(source).best}"
+    _train(demo_dir, out, start)
+    assert _train(demo_dir, out, start)["step"] == 6  # the same weights: nothing to do
+    _train(demo_dir, source, "train.lr=0.01", overwrite=True)  # new weights, same path
+    with pytest.raises(KitError, match=r"weights\.init_from"):
+        _train(demo_dir, out, start)
+
+
 def test_a_kill_during_validation_resumes_with_that_validation(demo_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     reference = _train(demo_dir, tmp_path / "ref")
