@@ -79,10 +79,10 @@ fi
 
 FOLD_IDS=$("$PY" - "$FOLDS" <<'PY'
 import sys
-from kit.data.folds import load_folds
+from kit.data.folds import folds_of, load_folds
 from kit.errors import KitError
 try:
-    print(" ".join(map(str, sorted({r.fold for r in load_folds(sys.argv[1])}))))
+    print(" ".join(map(str, folds_of(load_folds(sys.argv[1])))))
 except KitError as exc:
     sys.exit(f"error: {exc}")
 PY
