@@ -10,6 +10,7 @@ from kit.errors import KitError
 from kit.infer.ensemble import Member, resolve_members
 from kit.io import write_png
 from kit.run import MemberId, PredictionDir, RunDir, default_run_dir
+from kit.versions import versions
 
 
 def _config(name="cpu-demo", family="sam", variant="vit_tiny") -> Config:
@@ -26,7 +27,7 @@ def test_a_run_names_its_files_once_and_reads_back_what_it_wrote(tmp_path):
     run = _started_run(tmp_path / "r", _config(), fold=2)
     assert run.looks_like_run()
     assert run.config().model.variant == "vit_tiny"
-    assert run.record() == {"data": "/data", "fold": 2}
+    assert run.record() == {"data": "/data", "fold": 2, "versions": versions()}
     assert [r.fold for r in run.regions()] == [2]
     assert run.label == "cpu-demo (sam vit_tiny) fold 2"
     assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.yaml", "oof",
