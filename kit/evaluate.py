@@ -139,15 +139,15 @@ def _read_oof(run: OOFRun, fragment: Fragment) -> np.ndarray:
 
 def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
     """Histogram every fold's member and ensemble OOF maps over its held-out papyrus pixels."""
-    from tqdm import tqdm
+    from kit.progress import progress_bar
 
     if not runs:
         raise KitError("no run directories to evaluate")
     folds: dict[int, dict[str, LevelHistogram]] = {}
     members: list[str] = []
     n_items = len({(run.fold, r.fragment) for run in runs for r in run.regions})
-    for fold, fragment, scored, maps, ensemble in tqdm(
-        fold_maps(runs), desc="evaluate", unit="fragment", disable=not progress, total=n_items
+    for fold, fragment, scored, maps, ensemble in progress_bar(
+        fold_maps(runs), desc="evaluate", unit="fragment", enabled=progress, total=n_items
     ):
         labels = fragment.labels()
         if labels is None:

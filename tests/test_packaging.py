@@ -97,7 +97,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def _offline_pip() -> dict[str, str]:
     """pip without this machine's config (extra indexes, constraints) and without an index."""
-    return {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
 
 
 def test_wheel_holds_the_package_presets_metadata_and_entry_point(wheel):

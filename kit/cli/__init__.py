@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def add_progress_flag(p: argparse.ArgumentParser) -> None:
+    """--no-progress: no bars. Without it, a terminal shows bars and anything else (a log, a
+    pipe) one summary line per bar (kit/progress.py)."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (off a terminal each bar is one summary line)")  # fmt: skip
+
+
 def checked_device(requested: str | None) -> str:
     """--device, checked before any work (default: cuda if present, else cpu)."""
     import torch

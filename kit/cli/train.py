@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from kit.cli import add_progress_flag
 from kit.config import preset_names
 
 HELP = "fine-tune one fold; writes a run directory"
@@ -36,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="if --out holds a run of other inputs (config, fold, data, weights), "
                         "delete it and train again (with --resume: resume when they are the same)")  # fmt: skip
     p.add_argument("--log-images", action="store_true", help="write a preview per validation")
+    add_progress_flag(p)
     p.add_argument(
         "--device", default=None, help="torch device (default: the rank's GPU, else cpu)"
     )
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         config, data_dir=data, fold=args.fold, folds_csv=folds, out=out,
         max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite,
         log_images=args.log_images, device=args.device, started=started,
+        progress=not args.no_progress,
     )  # fmt: skip
     if summary["best_f05"] is not None:
         print(f"{out}: step {summary['step']}, best held-out F0.5 {summary['best_f05']:.4f} "

@@ -28,6 +28,7 @@ from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats
 from kit.errors import KitError
 from kit.models import build_model, check_model_config, load_pretrained, training_hooks
+from kit.progress import progress_bar
 from kit.run import RunDir
 from kit.train import ddp
 from kit.train.budget import fit_budget, resolved_config
@@ -123,7 +124,7 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
             )
     names = sorted(train_rows)
     labels = []
-    for name in tqdm(names, desc="labels", disable=not progress, leave=False):
+    for name in progress_bar(names, desc="labels", enabled=progress, leave=False):
         label = fragments[name].labels()
         if label is None:
             raise KitError(f"{fragments[name].files.labels} is missing: cannot train")
@@ -324,8 +325,8 @@ class _Trainer:
 
     def _train(self, target: int) -> None:
         t, s = self.config.train, self.state
-        bar = tqdm(total=target, initial=s.step, desc=f"train fold {self.fold}",
-                   disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(total=target, initial=s.step, desc=f"train fold {self.fold}",
+                           unit="step", enabled=self.progress)  # fmt: skip
         if s.pending is not None:  # killed during this epoch's validation: validate it now
             self._end_epoch(s.pending, validate=True)
         per_step = self._tiles_per_step()
@@ -432,9 +433,9 @@ class _Trainer:
                 self.run_dir.report, epoch, config=self.config, data=self.data, maps=v.maps,
                 model=self.stepper.model, batch=self.stepper.last_batch, hooks=self.hooks,
             )  # fmt: skip
-        if self.progress:
-            tqdm.write(f"epoch {epoch} step {s.step}: held-out F0.5 {v.score:.4f} at threshold "
-                       f"{v.threshold:.3f} (best {s.best_score:.4f})")  # fmt: skip
+        # a message, not progress: printed with --no-progress too (above a terminal's bar)
+        tqdm.write(f"epoch {epoch} step {s.step}: held-out F0.5 {v.score:.4f} at threshold "
+                   f"{v.threshold:.3f} (best {s.best_score:.4f})")  # fmt: skip
         return {"f05": v.score, "threshold": v.threshold}
 
     # -- output --------------------------------------------------------------------------------
