@@ -128,9 +128,11 @@ class RunDir:
 
     @property
     def label(self) -> str:
-        """ "<member> fold <K>": how this run is named on the terminal and in records."""
+        """ "<member> fold <K>": how this run is named on the terminal and in records; a run
+        that records no fold (copied without run.json and regions.csv) is named by its folder,
+        so two folds of one member never share a name."""
         fold = self.fold()
-        return f"{self.member()}" + ("" if fold is None else f" fold {fold}")
+        return f"{self.member()} " + (f"({self.path.name})" if fold is None else f"fold {fold}")
 
     def regions(self) -> list:
         """The held-out regions (kit.data.folds.Region), checked to be of one fold."""

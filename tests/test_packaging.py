@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -84,11 +85,15 @@ def test_ci_runs_the_readme_commands():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The kit's wheel, built as submission/README.md builds it (offline: no build isolation)."""
-    out = tmp_path_factory.mktemp("wheels")
+    """The kit's wheel, built as submission/README.md builds it (offline: no build isolation),
+    from a copy of the sources: setuptools writes build/ and *.egg-info beside them."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheels")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "kit", source / "kit", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         str(ROOT), "-w", str(out)],
+         str(source), "-w", str(out)],
         check=True, env=_offline_pip(), cwd=out,
     )  # fmt: skip
     (found,) = out.glob("inkkit-*.whl")

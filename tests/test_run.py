@@ -60,6 +60,14 @@ def test_members_of_different_models_get_different_names_and_folds_share_one(tmp
     loose = tmp_path / "x.pt"
     save_checkpoint(loose, {"config": config_to_dict(sam), "model": {}})
     assert Member.of(loose).name == "cpu-demo (sam vit_tiny) (x.pt)"
+    # runs copied without run.json and regions.csv (no fold recorded): named by their folders
+    for run in runs[2:]:
+        run.run_json.unlink()
+        run.regions_csv.unlink()
+    assert [m.name for m in resolve_members([str(r.path) for r in runs[2:]])] == [
+        "cpu-demo-unet (unet resnet18) (fold0)",
+        "cpu-demo-unet (unet resnet18) (fold1)",
+    ]
     # a run without config.yaml still knows its member from the checkpoint
     runs[0].config_yaml.unlink()
     assert runs[0].member() == MemberId.of(sam)
