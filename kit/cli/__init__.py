@@ -21,6 +21,7 @@ COMMANDS = {
     "folds": "kit.cli.folds",
     "probe": "kit.cli.probe",
     "config": "kit.cli.config",
+    "doctor": "kit.cli.doctor",
     "train": "kit.cli.train",
     "predict": "kit.cli.predict",
     "evaluate": "kit.cli.evaluate",
