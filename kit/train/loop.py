@@ -142,6 +142,29 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
     )  # fmt: skip
 
 
+def describe_fold(config: Config, data: FoldData, n_tiles: int) -> list[str]:
+    """What a training log (and `train --dry-run`) starts with: the rows it trains on and holds
+    out, its tile count, and the settings that shape the run."""
+    d, t = config.data, config.train
+
+    def rows(fragments, ranges) -> str:
+        return "; ".join(f"{f.id} rows {', '.join(f'{r0}..{r1}' for r0, r1 in rs)}"
+                         for f, rs in zip(fragments, ranges, strict=True))  # fmt: skip
+
+    window = "auto (probed on the training rows when it starts)" if d.unresolved else (
+        f"{d.z_start}..{d.z_end - 1}{' reversed' if d.reverse is True else ''}")  # fmt: skip
+    steps = f"{t.epochs} epochs × {t.steps_per_epoch} steps"
+    if t.budget_minutes > 0:
+        steps += f" (steps per epoch fitted to {t.budget_minutes:g} min when it starts)"
+    return [
+        f"trains on: {rows(data.train, data.train_rows)} ({n_tiles} candidate tiles)",
+        f"holds out: {rows(data.val, data.val_rows)}",
+        f"config {config.name}: slices {window}, tile {d.tile} stride {d.stride}, "
+        f"batch {t.batch_size}×{t.accumulate}, {steps}, lr {t.lr:g} (warmup {t.warmup_steps}), "
+        f"amp {t.amp}, ema {t.ema:g}, seed {t.seed}",
+    ]
+
+
 class _Trainer:
     """The state of one training run; `run()` is the whole job."""
 
@@ -267,6 +290,7 @@ class _Trainer:
             skipped = "; ".join(r["skipped"]) or "none"
             self._say(f"init from {r['checkpoint']}: {r['loaded']} tensors; skipped: {skipped}")
         model = model.to(self.device)
+        self._header(model)
         self.hooks = training_hooks(
             config, model, fragments=[f.id for f in self.data.train],
             n_tiles=len(self.candidates), device=self.device,
@@ -439,6 +463,25 @@ class _Trainer:
         return {"f05": v.score, "threshold": v.threshold}
 
     # -- output --------------------------------------------------------------------------------
+    def _header(self, model: torch.nn.Module) -> None:
+        """The training log's first lines: who trains what, where, on which rows, with which
+        settings (the full config is config.yaml)."""
+        from kit import __version__
+        from kit.run import MemberId
+
+        n = torch.get_num_threads()
+        threads = f", {n} thread{'s' * (n > 1)}" if self.device.type == "cpu" else ""
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        m = self.config.model
+        self._say(f"inkkit {__version__} train {MemberId.of(self.config)} fold {self.fold} -> "
+                  f"{self.out} (full config: {self.run_dir.config_yaml})")  # fmt: skip
+        self._say(f"device {self.device}{threads}, torch {torch.__version__}, world size "
+                  f"{self.info.world_size}; model {total / 1e6:.2f} M parameters, "
+                  f"{trainable / 1e6:.2f} M trainable ({m.train_mode})")  # fmt: skip
+        for line in describe_fold(self.config, self.data, len(self.candidates)):
+            self._say(line)
+
     def _say(self, msg: str) -> None:
         if self.info.is_main:
             print(msg, flush=True)
