@@ -184,6 +184,7 @@ class _Trainer:
         self.run_dir = RunDir(out)
         self.last_path = self.run_dir.last  # the budget calibration points it at a scratch file
         self.provenance: dict | None = None
+        self.seconds_before = 0.0  # wall time of the invocations this one resumes (run.json)
         self.state = TrainState()
         self.last_tiles = np.zeros((0, 3), dtype=np.int64)  # this rank's tiles of the epoch
 
@@ -208,6 +209,8 @@ class _Trainer:
         if unresolved(self.config):  # before resuming: the resolved config is the run's
             self._resolve_auto()
         resume_state = self._load_last() if decision == "resume" else None
+        if resume_state is not None:
+            self.seconds_before = float(run.record().get("trained", {}).get("seconds", 0.0))
         if resume_state is not None:  # a budgeted run keeps the length it resolved
             self.config = resolved_config(self.config, resume_state["config"])
             check_resumable(self.config, resume_state, self.last_path)
@@ -334,9 +337,13 @@ class _Trainer:
                   previous=self.run_dir.last_prev if self.last_path == self.run_dir.last else None)  # fmt: skip
         if self.last_path == self.run_dir.last:  # not the budget calibration's scratch save
             validated = bool(s.history) and s.history[-1]["step"] == s.step and s.pending is None
+            # seconds: the run's own wall time (setup, training, validation) over all its
+            # invocations, so a report after a rerun still tells how long training took
+            seconds = self.seconds_before + time.monotonic() - self.started
             self.run_dir.update_record(trained={"steps": s.step, "validated": validated,
                                                 "best_f05": s.best_score,
-                                                "threshold": s.best_threshold})  # fmt: skip
+                                                "threshold": s.best_threshold,
+                                                "seconds": round(seconds, 1)})  # fmt: skip
 
     # -- training ------------------------------------------------------------------------------
     def _tiles_per_step(self) -> int:

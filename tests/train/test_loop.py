@@ -79,6 +79,7 @@ def test_run_directory_is_complete_and_rerun_is_a_no_op(demo_dir, tmp_path, caps
     assert any(p.name.endswith("_train.png") for p in (out / "report").iterdir())
     run = json.loads((out / "run.json").read_text())
     assert run["fold"] == 0 and Path(run["data"]) == demo_dir.resolve()
+    assert run["trained"]["steps"] == 6 and run["trained"]["seconds"] > 0  # for the report
     with open(out / "oof" / "regions.csv") as f:
         regions = list(csv.DictReader(f))
     assert regions and all(r["fold"] == "0" for r in regions)
