@@ -69,7 +69,7 @@ def _warn_versions(path: Path, saved: dict | None) -> None:
         warnings.warn(
             f"{path} was saved with other versions ({'; '.join(differences)}); its model is "
             "rebuilt with the code installed here, which may differ: install the versions it "
-            "was trained with (requirements.txt) if its predictions look wrong",
+            "names if its predictions look wrong",
             KitWarning,
             stacklevel=3,
         )

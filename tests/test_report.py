@@ -159,3 +159,30 @@ def test_report_time_is_the_runs_training_time_not_only_the_reruns(pipeline, cap
     assert "training 6.0 min summed over the runs" in printed  # 4 runs × 90 s
     assert "this invocation 0.2 min" in printed
     assert page.headings[:2] == ["Out-of-fold F0.5", "Out-of-fold pictures"]
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(pipeline, tmp_path):
+    """The page as a browser draws it: a screenshot that shows the tables and pictures."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    out, runs = pipeline
+    _report(out, runs)
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--window-size=1200,2400", f"--screenshot={shot}",
+         (out / "report" / "index.html").as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[:2] == (2400, 1200)
+    drawn = (image < 200).any(axis=2)  # text, table borders and pictures; the page is white
+    rows = np.flatnonzero(drawn.any(axis=1))
+    assert drawn.mean() > 0.02 and rows[-1] - rows[0] > 1200, "tables and figures fill the page"
+    colour = np.ptp(image.astype(int), axis=2) > 60  # the legend, the maps and the curves
+    assert colour.sum() > 1000
