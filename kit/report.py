@@ -58,7 +58,7 @@ def _times(runs: list[str], seconds: float | None) -> str:
     trained = training_seconds(runs)
     parts = []
     if trained is not None:
-        parts.append(f"training {trained / 60:.1f} min summed over the runs (their run.json)")
+        parts.append(f"training {trained / 60:.1f} min summed over the runs (as each recorded it)")
     if seconds is not None:
         parts.append(f"this invocation {seconds / 60:.1f} min (steps already done are reused)")
     return "time: " + ("; ".join(parts) if parts else "not recorded")
@@ -148,7 +148,7 @@ def _runs_table(runs: list[RunDir]) -> str:
             ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("torch", "timm")) or "?",
         ])  # fmt: skip
     head = ["run", "steps", "best held-out F0.5", "its threshold", "training time", "versions"]
-    return "<h2>Runs</h2>" + _table(head, rows, "Each run as its run.json records it.")
+    return "<h2>Runs</h2>" + _table(head, rows, "Each run as it recorded itself.")
 
 
 # -- pictures ----------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def _config_section(runs: list[RunDir]) -> str:
 
     configs = {run: _flat(config_to_dict(c)) for run in runs if (c := run.config()) is not None}
     if not configs:
-        return "<h2>Config</h2><p>(no config.yaml)</p>"
+        return "<h2>Config</h2><p>(no run has a config)</p>"
     keys = list(dict.fromkeys(k for flat in configs.values() for k in flat))
     differ = [k for k in keys if len({repr(f.get(k)) for f in configs.values()}) > 1]
     common: dict = {}

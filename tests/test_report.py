@@ -156,7 +156,7 @@ def test_report_time_is_the_runs_training_time_not_only_the_reruns(pipeline, cap
     capsys.readouterr()
     page = _report(out, runs, "--seconds", "12")
     printed = capsys.readouterr().out
-    assert "training 6.0 min summed over the runs" in printed  # 4 runs × 90 s
+    assert "training 6.0 min summed over the runs (as each recorded it)" in printed  # 4 runs × 90 s
     assert "this invocation 0.2 min" in printed
     assert page.headings[:2] == ["Out-of-fold F0.5", "Out-of-fold pictures"]
 
