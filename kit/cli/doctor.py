@@ -17,9 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from kit import __version__
     from kit.doctor import data_checks, environment_checks
+    from kit.errors import KitError
 
+    if args.data is not None and not Path(args.data).is_dir():  # a wrong argument, not a check
+        raise KitError(f"{args.data} does not exist: pass a dataset directory (train/, test/), "
+                       "a folder of fragments or one fragment")  # fmt: skip
     sections = [(f"environment (inkkit {__version__})", environment_checks())]
     if args.data is not None:
         sections.append((f"data {args.data}", data_checks(args.data)))
