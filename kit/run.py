@@ -3,7 +3,8 @@
 A training run (`kit train --out RUN`, docs/interface.md):
 
     RUN/config.yaml            the resolved config (also inside every checkpoint)
-    RUN/run.json               dataset, fold, folds CSV and what the run resolved or loaded
+    RUN/run.json               dataset, fold, folds CSV, what the run resolved or loaded, and
+                               the versions it ran with (kit.versions)
     RUN/metrics.csv            one row per epoch
     RUN/tensorboard/  RUN/report/
     RUN/checkpoints/last.pt    everything to resume (last.prev.pt: the one before it);
@@ -127,9 +128,11 @@ class RunDir:
 
     @property
     def label(self) -> str:
-        """ "<member> fold <K>": how this run is named on the terminal and in records."""
+        """ "<member> fold <K>": how this run is named on the terminal and in records; a run
+        that records no fold (copied without run.json and regions.csv) is named by its folder,
+        so two folds of one member never share a name."""
         fold = self.fold()
-        return f"{self.member()}" + ("" if fold is None else f" fold {fold}")
+        return f"{self.member()} " + (f"({self.path.name})" if fold is None else f"fold {fold}")
 
     def regions(self) -> list:
         """The held-out regions (kit.data.folds.Region), checked to be of one fold."""
@@ -166,13 +169,15 @@ class RunDir:
 
     # -- writing (atomic) ----------------------------------------------------------------------
     def start(self, config: Config, record: dict, regions: list) -> None:
-        """The files a run writes before its first step: config.yaml, run.json, regions.csv."""
+        """The files a run writes before its first step: config.yaml, run.json (`record` and
+        this environment's versions), regions.csv."""
         from kit.config import save_config
         from kit.data.folds import write_folds
+        from kit.versions import versions
 
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         save_config(config, self.config_yaml)
-        write_json(self.run_json, record)
+        write_json(self.run_json, {**record, "versions": versions()})
         write_folds(regions, self.regions_csv)
 
     def write_oof(self, fragment_id: str, prob: np.ndarray) -> None:

@@ -292,6 +292,9 @@ CASES = [
          r"\(a directory with surface_volume/00\.tif", r"pass a dataset directory"),
     case("fragments-one-broken", "fragments --data {DATA}", r"train/2/surface_volume is missing",
          build=(remove("data/train/2/surface_volume"),)),
+    # doctor (a dataset's problems are its report, exit 1: tests/test_doctor.py) ------------
+    case("doctor-data-missing", "doctor --data {W}/nope", r"nope does not exist",
+         r"pass a dataset directory"),
     # folds ----------------------------------------------------------------------------------
     case("folds-data-missing", "folds --data {W}/nope --out {W}/f.csv", r"nope does not exist",
          r"pass a dataset directory \(with train/ and test/\)"),

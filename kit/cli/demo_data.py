@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kit.cli import add_progress_flag
+
 HELP = "write synthetic fragments in the competition layout"
 
 
@@ -29,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="override one style field after --variant, e.g. --style surface_mean=40 "
              "--style reverse=true (repeatable; fields in kit/data/demo.py DemoStyle)",
     )  # fmt: skip
+    add_progress_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         overrides[key.strip()] = yaml.safe_load(value)
     style = style_from(args.variant, overrides, seed=args.seed)
     _check_out(Path(args.out))
-    out = make_demo_data(args.out, seed=args.seed, scale=args.scale, style=style, progress=True)
+    out = make_demo_data(args.out, seed=args.seed, scale=args.scale, style=style,
+                         progress=not args.no_progress)  # fmt: skip
     print(f"demo data ({args.variant}) written to {out}")
     return 0
 

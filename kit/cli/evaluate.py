@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from kit.cli import add_progress_flag
+
 HELP = "out-of-fold F0.5 per fold and pooled, and the best threshold"
 
 
@@ -29,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="choose the members' ensemble weights on the OOF maps (reports a nested estimate)",
     )
     p.add_argument("--no-pictures", action="store_true", help="skip overlays and plots")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:

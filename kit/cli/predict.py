@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from kit.cli import add_progress_flag
+
 HELP = "ensemble inference; writes <PRED_DIR>/<fragment>.png"
 
 
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if present)")
     p.add_argument("--overwrite", action="store_true", help="redo fragments already predicted")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,24 +13,26 @@ from __future__ import annotations
 
 import argparse
 
+from kit.cli import add_progress_flag
+
 HELP = "per-slice ink signal, surface depth, layer order and the slice window to train on"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset directory (with train/)")
     p.add_argument("--out", default="probe", help="output directory (default: ./probe)")
+    add_progress_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from tqdm import tqdm
 
     from kit.data.fragment import Fragment
     from kit.data.layout import labelled_fragments
     from kit.data.probe import combine, describe, probe_fragment
     from kit.io import read_json, write_json
     from kit.pictures import probe_plot
+    from kit.progress import progress_bar
     from kit.provenance import fragment_identity
 
     fragments = [Fragment(p) for p in labelled_fragments(args.data)]
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{out / 'probe.json'}: same fragments, kept (ink window slices {lo}..{hi - 1})")
             return 0
     probes = []
-    for f in tqdm(fragments, desc="probe", disable=None):
+    for f in progress_bar(fragments, desc="probe", unit="fragment", enabled=not args.no_progress):
         probes.append(probe_fragment(f, f.labels()))
     probe = combine(probes)
     # the picture first: a probe.json with its data identity stands for a finished probe

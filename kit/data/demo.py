@@ -432,11 +432,13 @@ def _crop(frag: SynthFragment, rows: slice, noise_seed: int) -> SynthFragment:
 
 
 def _write_fragment(path: Path, frag: SynthFragment, *, labels: bool, progress: bool) -> None:
-    from tqdm import tqdm
+    from kit.progress import progress_bar
 
     names = CompetitionLayout
     volume = path / names.slice_dir
-    for z in tqdm(range(N_SLICES), desc=f"fragment {path.name}", disable=not progress):
+    slices = progress_bar(range(N_SLICES), desc=f"fragment {path.name}", unit="slice",
+                          enabled=progress)  # fmt: skip
+    for z in slices:
         index = N_SLICES - 1 - z if frag.style.reverse else z
         # Uncompressed and contiguous, so the reader memory-maps the slices.
         write_tiff(volume / f"{index:02d}.tif", frag.slice(z), photometric="minisblack")

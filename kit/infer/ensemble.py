@@ -197,7 +197,10 @@ def predict_ensemble(
     acc = None
     for lm in active:
         model = lm.model.to(device)
-        pred = predict_fragment(model, lm.config, fragment, device=device, progress=progress)
+        pred = predict_fragment(
+            model, lm.config, fragment, device=device, progress=progress,
+            label=f"{lm.member.name}: fragment {fragment.id}",
+        )  # fmt: skip
         if len(active) > 1:
             lm.model.to("cpu")  # one member on the accelerator at a time
         if len(active) == 1:

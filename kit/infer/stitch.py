@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from kit.config import Config
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize, read_window
 from kit.infer.tta import check_tta, tta_probabilities
+from kit.progress import progress_bar
 from kit.tiles import add_tile, finish_uint8, mask_fractions, tile_positions, window_weights
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,6 +95,7 @@ def predict_fragment(
     rows: tuple[int, int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    label: str | None = None,
 ) -> np.ndarray:
     """Stitched probability map, uint8 (H, W) = round(p × 255); 0 outside `rows` and the mask.
 
@@ -103,6 +104,7 @@ def predict_fragment(
     (config.infer.tta), window (config.infer.window), stride (config.infer.stride, 0 =
     config.data.stride), batch size and AMP (config.infer.*, CUDA only) come from `config`.
     The model's train/eval mode is restored. Device memory: see the module docstring.
+    `label` names the progress bar (default "fragment <id>").
     """
     plan = plan_tiles(config, fragment, rows)
     out = np.zeros(fragment.shape, dtype=np.uint8)
@@ -118,8 +120,8 @@ def predict_fragment(
     batch_size = max(1, config.infer.batch_size)
     was_training = model.training
     model.eval()
-    bar = tqdm(
-        total=plan.n_tiles, desc=f"fragment {fragment.id}", unit="tile", disable=not progress
+    bar = progress_bar(
+        total=plan.n_tiles, desc=label or f"fragment {fragment.id}", unit="tile", enabled=progress
     )
     try:
         with torch.inference_mode():
@@ -170,7 +172,7 @@ def _batch_predictor(model, config: Config, stats: torch.Tensor, device: torch.d
     return predict
 
 
-def _run_batch(forward, acc: _RowAccumulator, items: list, bar: tqdm) -> None:
+def _run_batch(forward, acc: _RowAccumulator, items: list, bar) -> None:
     probs = forward(torch.stack([tile for _, _, tile in items]))
     for (y, x, _), prob in zip(items, probs, strict=True):
         acc.add(prob, y, x)
