@@ -169,13 +169,18 @@ def _check_run_config(checkpoint: Path, config: Config) -> None:
 
 def check_compatible(loaded: list[LoadedMember], fragment: Fragment) -> None:
     """Fail before any work when a member needs slices or inputs the fragment lacks."""
+    from kit.data.preprocess import layer_window
+
     for lm in loaded:
         data = lm.config.data
-        if data.input_mode == "volume" and data.z_end > fragment.n_slices:
-            raise KitError(
-                f"{lm.member.checkpoint} reads slices {data.z_start}..{data.z_end - 1} but "
-                f"{fragment.path} has {fragment.n_slices}; use a checkpoint trained on fewer slices"
-            )
+        if data.input_mode == "volume":
+            z_start, z_end, _ = layer_window(fragment, data)
+            if z_end > fragment.n_slices:
+                raise KitError(
+                    f"{lm.member.checkpoint} reads slices {z_start}..{z_end - 1} but "
+                    f"{fragment.path} has {fragment.n_slices}; use a checkpoint trained on "
+                    "fewer slices"
+                )
         if data.input_mode == "ir" and not fragment.has_ir:
             raise KitError(
                 f"{lm.member.checkpoint} reads the infrared image, but {fragment.files.ir} does "
