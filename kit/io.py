@@ -70,12 +70,13 @@ def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """cv2.imwrite, atomically, with an error that says why it failed."""
+def write_png(path: str | os.PathLike, image: np.ndarray, params: list[int] = ()) -> None:
+    """cv2.imwrite, atomically, with an error that says why it failed (the suffix picks the
+    format: a .jpg path with `params` [cv2.IMWRITE_JPEG_QUALITY, q] writes a JPEG)."""
     import cv2
 
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
+        if not cv2.imwrite(str(tmp), image, list(params)):
             raise write_failed(path, "cv2.imwrite failed: a full disk or a read-only directory?")
 
 
