@@ -222,22 +222,23 @@ def pyramid_shapes(shape: tuple[int, int], tile: int) -> list[tuple[int, int]]:
 
 def pyramid_band(image: np.ndarray, level: int, r0: int, r1: int) -> np.ndarray:
     """Rows r0..r1 of pyramid level `level` of a uint8 map: the mean of each 2^level-pixel
-    square (edge squares over the pixels they hold), rounded; reads 2^level·(r1-r0) map rows."""
+    square (edge squares over the pixels they hold), rounded half up; reads 2^level·(r1-r0) map
+    rows, holding integer sums of one band of the level."""
     f = 1 << level
     h, w = image.shape
     rows = image[r0 * f : min(r1 * f, h)]
     if f == 1:
         return np.ascontiguousarray(rows)
-    out_w = -(-w // f)
-    sums = np.zeros((r1 - r0, out_w), np.float64)
-    counts = np.zeros((r1 - r0, out_w), np.float64)
-    for dy in range(f):  # a row of the level at a time would read each map row f times
+    total = np.uint32 if 255 * f * f < 2**32 else np.uint64
+    starts = np.arange(0, w, f)
+    sums = np.zeros((r1 - r0, len(starts)), total)
+    heights = np.zeros((r1 - r0, 1), total)
+    for dy in range(f):  # map rows dy, dy + f, ... of the band: each map row is read once
         part = rows[dy::f]
-        n = part.shape[0]
-        cols = np.add.reduceat(part.astype(np.float64), np.arange(0, w, f), axis=1)
-        sums[:n] += cols
-        counts[:n] += np.minimum(f, w - np.arange(0, w, f))
-    return np.rint(sums / np.maximum(counts, 1)).astype(np.uint8)
+        sums[: len(part)] += np.add.reduceat(part, starts, axis=1, dtype=total)
+        heights[: len(part)] += 1
+    counts = heights * np.minimum(f, w - starts).astype(total)[None, :]
+    return ((sums + counts // 2) // counts).astype(np.uint8)
 
 
 def write_tiled_tiff(path: str | os.PathLike, image: np.ndarray, *, tile: int = 256) -> None:
