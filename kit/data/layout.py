@@ -6,6 +6,7 @@ A *layout* is one on-disk arrangement of a fragment directory; the competition's
     <id>/mask.png                          papyrus outline (non-zero = papyrus)
     <id>/inklabels.png                     ink labels (train only)
     <id>/ir.png                            infrared photograph (train only)
+    <id>/ignore.png                        optional, the kit's: pixels no loss or metric counts
 
 Scroll segments (the layout of the Vesuvius Challenge's segment downloads) and zarr volumes:
 
@@ -119,6 +120,7 @@ class CompetitionLayout(Layout):
     mask_name = "mask.png"
     labels_name = "inklabels.png"
     ir_name = "ir.png"
+    ignore_name = "ignore.png"
 
     def why_not(self, path: Path) -> str | None:
         if (path / self.slice_dir).is_dir():
@@ -129,6 +131,7 @@ class CompetitionLayout(Layout):
         return FragmentFiles(
             id=path.name, root=path, slices=numbered_slices(path / self.slice_dir),
             mask=path / self.mask_name, labels=path / self.labels_name, ir=path / self.ir_name,
+            ignore=path / self.ignore_name,
         )  # fmt: skip
 
 

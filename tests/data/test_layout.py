@@ -123,7 +123,7 @@ def test_competition_files_in_z_order(tmp_path):
         id="5", root=tmp_path / "5",
         slices=tuple(tmp_path / "5" / "surface_volume" / f"{z:02d}.tif" for z in range(12)),
         mask=tmp_path / "5" / "mask.png", labels=tmp_path / "5" / "inklabels.png",
-        ir=tmp_path / "5" / "ir.png",
+        ir=tmp_path / "5" / "ir.png", ignore=tmp_path / "5" / "ignore.png",
     )  # fmt: skip
     assert layout_of(tmp_path / "5").name == "competition"
     fragment = Fragment(tmp_path / "5")
