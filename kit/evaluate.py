@@ -116,7 +116,7 @@ def fold_maps(
                 if r.fragment == fragment_id:
                     r0, r1 = r.rows(fragment.shape[0])
                     scored[r0:r1] = True
-            scored &= fragment.mask()
+            scored &= fragment.scored()  # papyrus outside the ignore mask
             maps = {
                 name: _read_oof(run, fragment) for name, run in zip(names, members, strict=True)
             }

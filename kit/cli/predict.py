@@ -1,9 +1,12 @@
 """Ensemble inference: stitched probability maps for every fragment under DATA.
 
-Writes <OUT>/<fragment>.png (8-bit probability, the fragment's size), <OUT>/preview/<fragment>.png
+Writes <OUT>/<fragment>.png (8-bit probability, the fragment's size) or, with --format tiff or
+for a huge map under --format auto, <OUT>/<fragment>.tif (tiled BigTIFF with a pyramid; a
+competition fragment keeps its PNG too, which submit encodes), <OUT>/preview/<fragment>.png
 (small colour picture) and <OUT>/predict.json (members with their checkpoints' sha256, weights,
-overrides, and each fragment's files). A rerun skips a fragment only when all of that is the
-same (kit.provenance), so reruns are cheap and never stale; --overwrite redoes every fragment.
+overrides, format, and each fragment's files). A rerun skips a fragment only when all of that
+is the same (kit.provenance), so reruns are cheap and never stale; --overwrite redoes every
+fragment.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import argparse
 
 from kit.cli import add_progress_flag
 
-HELP = "ensemble inference; writes <PRED_DIR>/<fragment>.png"
+HELP = "ensemble inference; writes <PRED_DIR>/<fragment>.png (or .tif)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an inference override for every member, e.g. infer.tta=[identity,hflip] "
                         "(repeatable)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if present)")
+    p.add_argument("--format", default="auto", choices=["png", "tiff", "auto"],
+                   help="map files: 8-bit PNG, or tiled BigTIFF with a pyramid; auto: TIFF above "
+                        "2**26 pixels (competition fragments always get the PNG too)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="redo fragments already predicted")
     add_progress_flag(p)
 
@@ -51,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
         predict_ensemble,
         resolve_members,
     )
-    from kit.io import remove_temporaries, write_png
-    from kit.pictures import probability_preview
+    from kit.io import remove_temporaries
     from kit.provenance import file_digest, fragment_identity
-    from kit.run import PredictionDir
+    from kit.run import PredictionDir, map_suffixes
 
     out = PredictionDir(args.out)
     device = checked_device(args.device)
@@ -82,9 +87,11 @@ def run(args: argparse.Namespace) -> int:
             for m in members
         ],
         "overrides": list(args.set),
+        "format": args.format,
         "fragments": {f.id: fragment_identity(f) for f in fragments},
     }
-    todo = _todo(out, record, fragments, overwrite=args.overwrite)
+    suffixes = {f.id: map_suffixes(f.shape, args.format, layout=f.layout) for f in fragments}
+    todo = _todo(out, record, fragments, suffixes, overwrite=args.overwrite)
     for f in fragments:
         if f not in todo:
             print(f"{out.map(f.id)} exists (same members, checkpoints and data): skipped; "
@@ -104,19 +111,26 @@ def run(args: argparse.Namespace) -> int:
     out.write_record({**record, "fragments": done})
     for fragment in todo:
         prob = predict_ensemble(loaded, fragment, device=device, progress=not args.no_progress)
-        write_png(out.map(fragment.id), prob)
-        write_png(out.preview(fragment.id), probability_preview(prob))
+        written = out.write_map(fragment.id, prob, suffixes[fragment.id])
         done[fragment.id] = record["fragments"][fragment.id]
         out.write_record({**record, "fragments": done})
-        inside = prob[fragment.mask()]
-        print(f"{out.map(fragment.id)}: {fragment.shape[0]}×{fragment.shape[1]}, "
-              f"mean probability in mask {inside.mean() / 255:.3f}")  # fmt: skip
+        mean = _mean_in_mask(prob, fragment.mask())
+        print(f"{' and '.join(map(str, written))}: {fragment.shape[0]}×{fragment.shape[1]}, "
+              f"mean probability in mask {mean / 255:.3f}")  # fmt: skip
     return 0
 
 
-def _todo(out, record: dict, fragments: list, *, overwrite: bool) -> list:
-    """The fragments to predict: all when the members, their checkpoints' bytes, the overrides
-    or the kit differ from predict.json's; else those whose files changed or whose map is missing."""
+def _mean_in_mask(prob, mask) -> float:
+    """Mean of `prob` over `mask`, by row bands (no copy of the masked pixels)."""
+    total = sum(int(prob[r : r + 1024][mask[r : r + 1024]].sum(dtype="int64"))
+                for r in range(0, len(prob), 1024))  # fmt: skip
+    return total / max(int(mask.sum()), 1)
+
+
+def _todo(out, record: dict, fragments: list, suffixes: dict, *, overwrite: bool) -> list:
+    """The fragments to predict: all when the members, their checkpoints' bytes, the overrides,
+    the format or the kit differ from predict.json's; else those whose files changed or whose map
+    files are missing."""
     from kit.errors import KitError
 
     try:
@@ -129,5 +143,6 @@ def _todo(out, record: dict, fragments: list, *, overwrite: bool) -> list:
     before = old.get("fragments", {}) if same and not overwrite else {}
     return [
         f for f in fragments
-        if before.get(f.id) != record["fragments"][f.id] or not out.map(f.id).exists()
+        if before.get(f.id) != record["fragments"][f.id]
+        or not all(p.exists() for p in out.map_files(f.id, suffixes[f.id]))
     ]  # fmt: skip

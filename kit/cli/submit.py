@@ -53,8 +53,6 @@ def make_submission(
     min_area: int | None = None,
 ) -> list[tuple[str, str]]:
     """Write `out` from the maps in `pred`; returns the (id, rle) rows in file order."""
-    import cv2
-
     from kit.data.fragment import Fragment
     from kit.data.layout import find_fragments
     from kit.errors import KitError
@@ -85,12 +83,12 @@ def make_submission(
         ids = prediction.map_ids()
         print("warning: no --data: masks not applied, submission not validated")
     if not ids:
-        raise KitError(f"{pred} holds no <fragment>.png; run `python -m kit predict` first")
+        raise KitError(f"{pred} holds no <fragment>.png or .tif; run `python -m kit predict` first")
     made = record.get("fragments")  # what predict finished, with each fragment's identity
     rows = []
     for fid in ids:
         path = prediction.map(fid)
-        prob = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+        prob = prediction.read_map(fid)
         if prob is None:
             raise KitError(f"{path} is missing or unreadable: predict fragment {fid} first")
         if made is not None and fid not in made:

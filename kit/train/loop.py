@@ -58,6 +58,7 @@ class FoldData:
     train: list[Fragment]
     train_labels: list[np.ndarray]
     train_rows: list[list[tuple[int, int]]]
+    train_ignore: list[np.ndarray | None]  # pixels no loss counts (None: the fragment has none)
     val: list[Fragment]
     val_rows: list[list[tuple[int, int]]]
     regions: list  # kit.data.folds.Region held out in this fold
@@ -137,7 +138,9 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
     ]  # fmt: skip
     return FoldData(
         train=[fragments[n] for n in names], train_labels=labels,
-        train_rows=[train_rows[n] for n in names], val=[fragments[n] for n in sorted(val_rows)],
+        train_rows=[train_rows[n] for n in names],
+        train_ignore=[fragments[n].ignore() if fragments[n].files.has_ignore else None
+                      for n in names], val=[fragments[n] for n in sorted(val_rows)],
         val_rows=[val_rows[n] for n in sorted(val_rows)], regions=held_out, notes=notes,
     )  # fmt: skip
 
@@ -374,7 +377,7 @@ class _Trainer:
             self.last_tiles = tiles
             dataset = TileDataset(
                 self.data.train, self.data.train_labels, self.stats, tiles, self.config.data,
-                skip_image=self._skip_images(tiles),
+                ignore=self.data.train_ignore, skip_image=self._skip_images(tiles),
             )  # fmt: skip
             loader = tile_loader(
                 dataset, batch_size=per_step, num_workers=t.num_workers, device=self.device

@@ -50,7 +50,7 @@ def validate(model: torch.nn.Module, config: Config, data: FoldData, *, device: 
         labels = fragment.labels()
         if labels is None:
             raise KitError(f"{fragment.files.labels} is missing: cannot validate")
-        inside = fragment.mask() & keep[:, None]
+        inside = fragment.scored() & keep[:, None]
         maps[fragment.id] = full
         probs.append(full[inside])
         targets.append(labels[inside])
