@@ -22,7 +22,9 @@ Both sides start from the same weights (the plain modules load the kit model's s
 strictly); the first forward's max |logit difference| is printed. Timing: one warm-up step per
 side, then `repeats` rounds, each timing `steps` steps of every side back to back (the order
 alternating between rounds); ratios plain / kit are taken within each round (> 1: the kit is
-faster) and the median is reported, so machine load moves both sides alike.
+faster) and the median is reported, so machine load moves both sides alike. Wall time and the
+process's CPU time are both timed: on a shared CPU with one torch thread the CPU time is what
+other jobs disturb least.
 """
 
 from __future__ import annotations
@@ -282,24 +284,28 @@ def compare(
         if cuda:
             peak = torch.cuda.max_memory_allocated(device) - before + static[side.name]
             result["peak_mib"][side.name] = peak / 2**20
-    seconds: dict[str, list[float]] = {s.name: [] for s in sides}
+    wall: dict[str, list[float]] = {s.name: [] for s in sides}
+    cpu: dict[str, list[float]] = {s.name: [] for s in sides}
     for r in range(repeats):
         for side in sides if r % 2 == 0 else sides[::-1]:
             _sync(device)
-            begin = time.perf_counter()
+            begin, begin_cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 side.step()
             _sync(device)
-            seconds[side.name].append((time.perf_counter() - begin) / steps)
+            wall[side.name].append((time.perf_counter() - begin) / steps)
+            cpu[side.name].append((time.process_time() - begin_cpu) / steps)
     batch = config.train.batch_size
     for side in sides:
-        s = seconds[side.name]
-        result[side.name] = {"ms_per_step": 1000 * statistics.median(s),
-                             "images_per_s": batch / statistics.median(s),
+        s = statistics.median(wall[side.name])
+        result[side.name] = {"ms_per_step": 1000 * s, "images_per_s": batch / s,
+                             "cpu_ms_per_step": 1000 * statistics.median(cpu[side.name]),
                              "peak_mib": result["peak_mib"].get(side.name)}  # fmt: skip
         if side is not plain:
-            ratios = [p / k for p, k in zip(seconds["plain"], s, strict=True)]
-            result[side.name].update(ratio=statistics.median(ratios), ratios=ratios)
+            ratios = [p / k for p, k in zip(wall["plain"], wall[side.name], strict=True)]
+            cpu_ratios = [p / k for p, k in zip(cpu["plain"], cpu[side.name], strict=True)]
+            result[side.name].update(ratio=statistics.median(ratios), ratios=ratios,
+                                     cpu_ratio=statistics.median(cpu_ratios))  # fmt: skip
     return result
 
 
@@ -343,7 +349,7 @@ def main() -> None:
             k = r[name]
             rounds = " ".join(f"{x:.2f}" for x in k["ratios"])
             line.append(f"{name} {k['ms_per_step']:.0f} ms, plain/{name} {k['ratio']:.2f}x "
-                        f"(rounds {rounds})")  # fmt: skip
+                        f"(rounds {rounds}; CPU time {k['cpu_ratio']:.2f}x)")  # fmt: skip
         print("; ".join(line) + f"; logits max |diff| at start {r['logit_max_abs_diff']:.2e}",
               flush=True)  # fmt: skip
 
