@@ -13,6 +13,12 @@ image only. The `random_*` steps write into the tensors they are given (and retu
 
 Parameters are drawn here rather than by an augmentation library (kornia, for one, draws from the
 global RNG and cannot take a generator); the warps are plain `affine_grid`/`grid_sample`.
+
+Two ways to apply a transform to the chosen samples, the same results (tests/test_augment.py):
+on the CPU a loop over them (which samples were chosen is read on the host: the fastest there);
+on other devices the whole batch is transformed and the chosen samples selected with
+`torch.where`, so that augmenting never waits for the device (each host read would). One
+exception: Gaussian noise is drawn for the whole batch there, so its values differ.
 """
 
 from __future__ import annotations
@@ -48,20 +54,33 @@ def _rand(shape: tuple[int, ...], like: torch.Tensor, g: torch.Generator) -> tor
     return torch.rand(shape, generator=g, device=like.device, dtype=torch.float32)
 
 
+# Devices where transforms loop over the chosen samples (see the module docstring).
+PER_SAMPLE_DEVICES = ("cpu",)
+
+
+def _loops(x: torch.Tensor) -> bool:
+    return x.device.type in PER_SAMPLE_DEVICES
+
+
 def _chosen(p: float, like: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """bool (B,): which samples get a transform applied with probability p."""
     return _rand((like.shape[0],), like, g) < p
 
 
 def _apply(x: torch.Tensor, chosen: torch.Tensor, fn) -> torch.Tensor:
-    """x (in place) with fn(x[i:i+1], i) written over each chosen sample i; returns x.
+    """x with fn(x[part], part) written over the chosen samples; returns it. `fn` may work in
+    place and must index its per-sample parameters with `part` (a slice of the batch).
 
-    A loop over per-sample views: gathering the chosen samples with advanced indexing costs more
-    than the transforms themselves on a CPU, and in-place `fn`s then copy nothing at all.
+    Where `_loops`: in place, one sample at a time (part = i:i+1): gathering the chosen samples
+    with advanced indexing costs more than the transforms themselves on a CPU, and in-place
+    `fn`s then copy nothing at all. Elsewhere: fn over a copy of the whole batch, then selected.
     """
+    if not _loops(x):
+        return torch.where(_per_sample(chosen), fn(x.clone(), slice(None)), x)
     for i in chosen.nonzero().flatten().tolist():
-        view = x[i : i + 1]
-        out = fn(view, i)
+        part = slice(i, i + 1)
+        view = x[part]
+        out = fn(view, part)
         if out.data_ptr() != view.data_ptr():
             view.copy_(out)
     return x
@@ -94,9 +113,15 @@ def random_rot90(
     )
     if x.shape[-1] != x.shape[-2]:
         return x, y
+    if not _loops(x):
+        for k in (1, 2, 3):
+            turned = _per_sample(turns == k)
+            x = torch.where(turned, torch.rot90(x, k, dims=(-2, -1)), x)
+            y = torch.where(turned, torch.rot90(y, k, dims=(-2, -1)), y)
+        return x, y
     k = turns.tolist()
-    x = _apply(x, turns > 0, lambda v, i: torch.rot90(v, k[i], dims=(-2, -1)))
-    y = _apply(y, turns > 0, lambda v, i: torch.rot90(v, k[i], dims=(-2, -1)))
+    x = _apply(x, turns > 0, lambda v, part: torch.rot90(v, k[part.start], dims=(-2, -1)))
+    y = _apply(y, turns > 0, lambda v, part: torch.rot90(v, k[part.start], dims=(-2, -1)))
     return x, y
 
 
@@ -109,8 +134,8 @@ def random_affine(
     angle = (_rand((b,), x, g) * 2 - 1) * math.radians(config.rotate_deg)
     scale = 1 + (_rand((b,), x, g) * 2 - 1) * config.scale
     shift = (_rand((b, 2), x, g) * 2 - 1) * config.shift * 2  # grid units span 2 per side
-    idx = chosen.nonzero().flatten()
-    if not len(idx):
+    idx = chosen.nonzero().flatten() if _loops(x) else slice(None)  # the whole batch: no read
+    if _loops(x) and not len(idx):
         return x, y
     cos, sin = torch.cos(angle[idx]) / scale[idx], torch.sin(angle[idx]) / scale[idx]
     theta = torch.stack(
@@ -121,8 +146,16 @@ def random_affine(
         dim=1,
     )  # (n, 2, 3): output pixel -> source pixel, in [-1, 1] grid units
     grid = F.affine_grid(theta, list(x[idx].shape), align_corners=False)
-    x[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    y[idx] = F.grid_sample(y[idx], grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    warped_x = F.grid_sample(
+        x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    warped_y = F.grid_sample(
+        y[idx], grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
+    if not _loops(x):
+        warped = _per_sample(chosen)
+        return torch.where(warped, warped_x, x), torch.where(warped, warped_y, y)
+    x[idx], y[idx] = warped_x, warped_y
     return x, y
 
 
@@ -140,8 +173,8 @@ def random_zshift(
     draw = (_rand((b,), x, generator) * (2 * max_shift + 1)).long().clamp_(max=2 * max_shift)
     shift = draw - max_shift
 
-    def move(v: torch.Tensor, i: int) -> torch.Tensor:
-        source = torch.arange(c, device=x.device)[None, :] + shift[i]  # (1, C)
+    def move(v: torch.Tensor, part: slice) -> torch.Tensor:
+        source = torch.arange(c, device=x.device)[None, :] + shift[part, None]  # (n, C)
         valid = (source >= 0) & (source < c)
         index = source.clamp(0, c - 1)[:, :, None, None].expand_as(v)
         return torch.gather(v, 1, index) * valid[:, :, None, None]
@@ -162,10 +195,12 @@ def random_intensity(
     contrast = _per_sample(1 + (_rand((b,), x, g) * 2 - 1) * config.contrast)
     brightness = _per_sample((_rand((b,), x, g) * 2 - 1) * config.brightness)
 
-    def adjust(v: torch.Tensor, i: int) -> torch.Tensor:
-        if bool((v >= 0).all()):  # percentile-normalised input: the cheap in-place path
-            return v.pow_(gamma[i]).mul_(contrast[i]).add_(brightness[i])
-        return torch.sign(v) * v.abs().pow(gamma[i]) * contrast[i] + brightness[i]
+    def adjust(v: torch.Tensor, part: slice) -> torch.Tensor:
+        g, c, b = gamma[part], contrast[part], brightness[part]
+        # percentile-normalised input: the cheap in-place path (the same values where v >= 0)
+        if _loops(v) and bool((v >= 0).all()):
+            return v.pow_(g).mul_(c).add_(b)
+        return torch.sign(v) * v.abs().pow(g) * c + b
 
     return _apply(x, chosen, adjust)
 
@@ -176,7 +211,7 @@ def random_slice_jitter(
     """With probability p, scale each slice by its own factor in 1 ± amount (scanner drift)."""
     b, c = x.shape[:2]
     factor = 1 + (_rand((b, c), x, generator) * 2 - 1) * amount
-    return _apply(x, _chosen(p, x, generator), lambda v, i: v.mul_(factor[i, :, None, None]))
+    return _apply(x, _chosen(p, x, generator), lambda v, part: v.mul_(factor[part, :, None, None]))
 
 
 def random_slice_dropout(
@@ -187,7 +222,7 @@ def random_slice_dropout(
     drop = _rand((b, c), x, generator) < rate
     drop &= _chosen(p, x, generator)[:, None]
     drop &= ~drop.all(dim=1, keepdim=True)
-    return _apply(x, drop.any(dim=1), lambda v, i: v.mul_((~drop[i])[:, None, None]))
+    return _apply(x, drop.any(dim=1), lambda v, part: v.mul_((~drop[part])[:, :, None, None]))
 
 
 def random_coarse_dropout(
@@ -203,11 +238,21 @@ def random_coarse_dropout(
     top = (_rand((b, holes), x, g) * (h - side_y + 1)).long()
     left = (_rand((b, holes), x, g) * (w - side_x + 1)).long()
     chosen = _chosen(config.p_coarse_dropout, x, g)
-    # A few slice assignments per sample beat building (B, holes, H, W) masks by far.
+    if not _loops(x):  # (B, holes, H) rows × (B, holes, W) columns -> (B, 1, H, W) holes
+        rows = _inside(torch.arange(h, device=x.device), top, side_y)
+        cols = _inside(torch.arange(w, device=x.device), left, side_x)
+        holes_mask = (rows[..., :, None] & cols[..., None, :]).any(dim=1) & chosen[:, None, None]
+        return x.masked_fill(holes_mask[:, None], 0.0)
+    # A few slice assignments per sample beat building (B, holes, H, W) masks by far on a CPU.
     for i in chosen.nonzero().flatten().tolist():
         for y0, x0 in zip(top[i].tolist(), left[i].tolist(), strict=True):
             x[i, :, y0 : y0 + side_y, x0 : x0 + side_x] = 0
     return x
+
+
+def _inside(coords: torch.Tensor, start: torch.Tensor, side: int) -> torch.Tensor:
+    """coords (L,), start (B, holes) -> bool (B, holes, L): start <= coord < start + side."""
+    return (coords >= start[..., None]) & (coords < start[..., None] + side)
 
 
 def random_noise(
@@ -215,8 +260,11 @@ def random_noise(
 ) -> torch.Tensor:
     """With probability p, add Gaussian noise of standard deviation `std`."""
     chosen = _chosen(p, x, generator)
+    if p <= 0:  # nothing chosen: draw no noise (the whole-batch path would, for nothing)
+        return x
 
-    def add(v: torch.Tensor, _: int) -> torch.Tensor:
+    def add(v: torch.Tensor, _: slice) -> torch.Tensor:
+        # per chosen sample where _loops; else for the whole batch (another stream of values)
         noise = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
         return v.add_(noise.mul_(std))
 

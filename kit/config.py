@@ -89,6 +89,11 @@ class ModelConfig:
     # normalisation (from-scratch models on faint volume contrast); 0 = off (pretrained SAM);
     # "auto": measured on training tiles when a run starts (kit.data.probe.tile_contrast)
     input_gain: float | str = 0.0
+    # SAM encoder attention: "sdpa" (kit.models.sam_attention: one fused kernel, projections on
+    # real tokens only), "meta" (segment-anything's own), "auto" (per device, as measured:
+    # sam_attention.AUTO_ATTENTION). The same weights and outputs up to float rounding.
+    attention: str = "auto"
+    compile: bool = False  # torch.compile the training forward (off: slower on a CPU, BENCHMARKS)
 
     def __post_init__(self) -> None:
         if isinstance(self.input_gain, str) and self.input_gain != "auto":
@@ -155,6 +160,9 @@ class TrainConfig:
     embedding_cache: bool = False  # frozen SAM encoder only
     checkpoint_every: int = 200  # also write last.pt every N steps mid-epoch (0 = epoch ends only)
     cpu_threads: int = 0  # torch threads when training on the CPU (0 = torch's default)
+    # steps between reads of the losses (progress bar, TensorBoard): a step itself never waits
+    # for the device, reading a loss back does
+    log_every: int = 10
     # > 0: minutes for the whole run (training and its validations); the run times its steps
     # and sets steps_per_epoch (and caps warmup_steps at 10 % of the steps) to fit
     budget_minutes: float = 0.0
@@ -271,7 +279,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.ema": (0, 1, False, True), "train.ink_fraction": (0, 1, False, False),
     "train.val_every": (1, INF, False, True), "train.num_workers": (0, INF, False, True),
     "train.checkpoint_every": (0, INF, False, True), "train.cpu_threads": (0, INF, False, True),
-    "train.budget_minutes": (0, INF, False, True),
+    "train.budget_minutes": (0, INF, False, True), "train.log_every": (1, INF, False, True),
     "infer.stride": (0, INF, False, True), "infer.batch_size": (1, INF, False, True),
     "post.threshold": (0, 1, False, False), "post.percentile": (0, 100, False, False),
     "post.min_component_area": (0, INF, False, True),

@@ -118,3 +118,31 @@ def test_coarse_dropout_zeroes_square_holes_and_keeps_labels():
     for sample in xa:
         assert int((sample[0] == 0).sum()) == 100  # one 10×10 hole
         assert torch.equal(sample[0], sample[1])  # all slices of the hole
+
+
+def _whole_batch(monkeypatch):
+    """Augment as on a GPU: the whole-batch path, no host reads (kit.augment docstring)."""
+    monkeypatch.setattr("kit.augment.PER_SAMPLE_DEVICES", ())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_whole_batch_path_equals_the_per_sample_loop(monkeypatch, seed):
+    x, y = _blocks(b=16, c=6)
+    x = x * torch.rand_like(x) - 0.2  # negative values too: the general intensity formula
+    config = dataclasses.replace(AugmentConfig(), p_noise=0.0)  # every other transform on
+    loop = augment_batch(x, y, config=config, generator=_generator(seed))
+    _whole_batch(monkeypatch)
+    batched = augment_batch(x, y, config=config, generator=_generator(seed))
+    for a, b in zip(loop, batched, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(loop[0], x)  # something was augmented
+
+
+def test_whole_batch_noise_touches_only_chosen_samples(monkeypatch):
+    _whole_batch(monkeypatch)
+    x = torch.zeros(64, 2, 16, 16)
+    config = dataclasses.replace(OFF, p_noise=0.5, noise_std=0.1)
+    out, _ = augment_batch(x, x[:, :1], config=config, generator=_generator())
+    noisy = out.flatten(1).abs().amax(dim=1) > 0
+    assert 16 < int(noisy.sum()) < 48
+    assert out[noisy].std().item() == pytest.approx(0.1, rel=0.05)

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from kit.models.adapters import build_adapter
 from kit.models.output import ModelOutput
 from kit.models.prompts import Prompts, whole_tile_box
+from kit.models.sam_attention import attention_kernel, sdpa_block
 from kit.models.sam_family import SamSpec
 
 if TYPE_CHECKING:
@@ -49,10 +50,11 @@ class SamSegmenter(nn.Module):
         prompt: str = "none",
         grad_checkpointing: bool = False,
         input_gain: float = 0.0,
+        attention: str = "auto",
     ) -> None:
         super().__init__()
         self.tile, self.prompt, self.grad_checkpointing = tile, prompt, grad_checkpointing
-        self.input_gain = input_gain
+        self.input_gain, self.attention = input_gain, attention
         self.adapter = build_adapter(adapter, in_channels)
         self.img_size = tile * self.adapter.scale
         tokens = self.img_size // spec.patch_size
@@ -107,8 +109,10 @@ class SamSegmenter(nn.Module):
         if enc.pos_embed is not None:
             h = h + enc.pos_embed
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        sdpa = attention_kernel(self.attention, h.device) == "sdpa"
         for block in enc.blocks:
-            h = checkpoint(block, h, use_reentrant=False) if use_ckpt else block(h)
+            run = partial(sdpa_block, block) if sdpa else block
+            h = checkpoint(run, h, use_reentrant=False) if use_ckpt else run(h)
         return enc.neck(h.permute(0, 3, 1, 2))
 
     def forward(

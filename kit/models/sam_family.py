@@ -59,6 +59,7 @@ SAM_VARIANTS: dict[str, SamSpec] = {
 ADAPTERS = ("conv1x1", "stem3d", "mosaic")  # the names kit.models.adapters.build_adapter builds
 PROMPT_MODES = ("none", "box", "points")
 POINT_SAMPLING = ("labels", "grid", "error")  # kit.models.prompts.sample_points modes
+ATTENTION = ("auto", "sdpa", "meta")  # kit.models.sam_attention.attention_kernel's settings
 
 
 def check_sam_config(config: Config) -> None:
@@ -107,6 +108,7 @@ def build_sam(config: Config) -> nn.Module:
         prompt=m.prompt,
         grad_checkpointing=m.grad_checkpointing,
         input_gain=m.input_gain,
+        attention=m.attention,
     )
     model.variant = m.variant
     if m.train_mode == "lora":
@@ -182,6 +184,7 @@ register_family(
             "prompt": PROMPT_MODES,
             "point_sampling": POINT_SAMPLING,
             "rel_pos_resize": ("interpolate", "crop"),
+            "attention": ATTENTION,
         },
         check=check_sam_config,
         load_pretrained=load_meta_checkpoint,

@@ -65,6 +65,32 @@ class FoldData:
     notes: list[str] = field(default_factory=list)  # warnings for the terminal
 
 
+class LossLog:
+    """The loss parts (device tensors) of the steps since the last log point: a training step
+    never waits for the device; `flush` reads them all back at once, at `train.log_every` steps,
+    checkpoints and epoch ends."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, torch.Tensor]] = []
+
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        self.pending.append(parts)
+
+    def flush(self, sums: dict[str, float]) -> dict[str, float] | None:
+        """Add each pending step's parts to `sums` (in step order, as Python floats); return
+        their means, None when no step is pending."""
+        if not self.pending:
+            return None
+        keys = list(self.pending[0])
+        rows = torch.stack([torch.stack([p[k] for k in keys]) for p in self.pending]).tolist()
+        self.pending = []
+        for row in rows:
+            for k, v in zip(keys, row, strict=True):
+                sums[k] = sums.get(k, 0.0) + v
+        columns = zip(*rows, strict=True)
+        return {k: sum(column) / len(rows) for k, column in zip(keys, columns, strict=True)}
+
+
 def train_fold(
     config: Config,
     *,
@@ -385,26 +411,22 @@ class _Trainer:
             if first == 0:  # else: resumed mid-epoch with the saved totals
                 s.epoch_sums, s.epoch_steps, s.epoch_tiles, s.epoch_seconds = {}, 0, 0, 0.0
             start = time.perf_counter() - s.epoch_seconds
+            losses = LossLog()
             for batch in loader:
-                parts = self.stepper.step(batch)
+                losses.add(self.stepper.step(batch))
                 s.step += 1
                 s.epoch_steps += 1
                 s.epoch_tiles += per_step * self.info.world_size
-                for k, v in parts.items():
-                    s.epoch_sums[k] = s.epoch_sums.get(k, 0.0) + v
-                s.epoch_seconds = time.perf_counter() - start
-                rate = s.epoch_tiles / max(s.epoch_seconds, 1e-9)
-                lr = self.stepper.head_lr()
                 bar.update(1)
-                bar.set_postfix(loss=f"{parts['total']:.4f}", lr=f"{lr:.2e}", tiles_s=f"{rate:.1f}")
-                if self.writer is not None:
-                    for k, v in parts.items():
-                        self.writer.add_scalar(f"train/{k}", v, s.step)
-                    self.writer.add_scalar("train/lr", lr, s.step)
-                if s.step >= target:
+                last = s.step >= target
+                save = not last and self._mid_epoch_checkpoint_due()
+                if last or save or s.step % t.log_every == 0:
+                    self._log(bar, losses, start)
+                if last:
                     break
-                if self._mid_epoch_checkpoint_due():  # a SIGKILL loses < checkpoint_every steps
+                if save:  # a SIGKILL loses < checkpoint_every steps
                     self._save_last()
+            self._log(bar, losses, start)  # the epoch's steps since the last log point
             seconds = s.epoch_seconds
             epoch_end = s.step % t.steps_per_epoch == 0
             row = {"epoch": epoch + 1, "step": s.step, "lr": self.stepper.head_lr(),
@@ -418,6 +440,22 @@ class _Trainer:
             validate = s.step >= target or (epoch_end and (epoch + 1) % t.val_every == 0)
             self._end_epoch(row, validate=validate)
         bar.close()
+
+    def _log(self, bar: tqdm, losses: LossLog, start: float) -> None:
+        """Read the steps' losses back into the epoch sums (waiting for the device), then the
+        progress bar and TensorBoard: their mean since the last log point, rate, lr."""
+        s = self.state
+        means = losses.flush(s.epoch_sums)
+        if means is None:
+            return
+        s.epoch_seconds = time.perf_counter() - start
+        rate = s.epoch_tiles / max(s.epoch_seconds, 1e-9)
+        lr = self.stepper.head_lr()
+        bar.set_postfix(loss=f"{means['total']:.4f}", lr=f"{lr:.2e}", tiles_s=f"{rate:.1f}")
+        if self.writer is not None:
+            for k, v in means.items():
+                self.writer.add_scalar(f"train/{k}", v, s.step)
+            self.writer.add_scalar("train/lr", lr, s.step)
 
     def _end_epoch(self, row: dict, *, validate: bool) -> None:
         """Checkpoint, validate (a kill during it resumes with it: the row is saved as pending

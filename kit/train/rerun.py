@@ -28,7 +28,8 @@ from kit.provenance import differences
 from kit.run import RunDir
 
 Decision = Literal["fresh", "overwrite", "resume", "done"]
-RESUME_FREE = ("epochs", "num_workers", "checkpoint_every")  # train.* that may change on resume
+# train.* that may change on resume
+RESUME_FREE = ("epochs", "num_workers", "checkpoint_every", "log_every")
 
 
 def total_steps(config: Config, max_steps: int | None) -> int:

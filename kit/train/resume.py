@@ -124,6 +124,7 @@ def restore(saved: dict, *, stepper: Stepper, state: TrainState) -> None:
     stepper.scaler.load_state_dict(saved["scaler"])
     if stepper.ema is not None and saved.get("ema") is not None:
         stepper.ema.load_state_dict(saved["ema"])
+        stepper.ema_updates = int(stepper.ema.n_averaged)
     _set_rng_states(saved["rng"], stepper)
     s = state
     s.step, s.best_score, s.best_threshold = (

@@ -6,11 +6,17 @@ halved on CUDA out-of-memory) whose gradients accumulate under autocast; then gr
 clipping, AdamW, the LR schedule and EMA. The model family's `TrainingHooks` add what its
 forward takes besides x (SAM: cached embeddings, point prompts). Under DDP the ranks run the
 same micro-batches and only the last one synchronises gradients.
+
+Speed (BENCHMARKS.md, "Kit against the plain loop"): convolution weights are channels-last,
+AdamW is fused where torch has the kernel, `model.compile` compiles the training forward, and
+a step never waits for the device: the loss parts come back as device tensors (the trainer
+reads them at its log interval) and the EMA counts its updates on the host.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable
 
@@ -51,7 +57,9 @@ class Stepper:
         on_oom: Callable[[str], None] | None = None,
     ) -> None:
         self.model, self.hooks, self.info, self.device = model, hooks, info, device
+        channels_last(model)
         self.ddp_model = model  # DistributedDataParallel(model) once `distribute` ran
+        self.forward_model = _compiled(model, config)  # what training steps call
         self.micro_batch = config.train.batch_size  # halved on CUDA out-of-memory
         self.on_oom = on_oom  # told each halving (the trainer prints and logs it)
         self.last_batch: tuple | None = None  # (x, y, tiles) of the last step, for previews
@@ -62,9 +70,8 @@ class Stepper:
         `config` (again after a budget calibration moved them on)."""
         self.config = config
         t = config.train
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, config), lr=t.lr, weight_decay=t.weight_decay
-        )
+        self.optimizer = adamw(param_groups(self.model, config), lr=t.lr,
+                               weight_decay=t.weight_decay)  # fmt: skip
         self.total = t.epochs * t.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup=t.warmup_steps, total=self.total)
@@ -81,6 +88,7 @@ class Stepper:
             self.ema = AveragedModel(
                 self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True
             )
+        self.ema_updates = 0  # = ema.n_averaged, kept on the host (restore() sets it)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(t.seed * 1_000_003 + self.info.rank)
 
@@ -89,6 +97,7 @@ class Stepper:
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.forward_model = _compiled(self.ddp_model, self.config)
 
     def inference_model(self) -> torch.nn.Module:
         """The weights validation and checkpoints use: the EMA's if on."""
@@ -100,8 +109,9 @@ class Stepper:
         groups = self.optimizer.param_groups
         return max(groups, key=lambda g: g.get("lr_scale", 1.0))["lr"]
 
-    def step(self, batch: dict) -> dict[str, float]:
-        """One optimiser step over a loader batch; returns the mean loss parts."""
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimiser step over a loader batch; returns the mean loss parts (0-d tensors on
+        the device: reading one waits for the step to finish)."""
         x, y, valid = self.prepare(batch)
         return self.optimise(x, y, tiles=batch["tile"], valid=valid)
 
@@ -132,7 +142,7 @@ class Stepper:
         *,
         tiles: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """Forward/backward over micro-batches, clip, optimiser, scheduler and EMA steps.
         `tiles` (one row per tile) are what the hooks look up (e.g. cached embeddings); `valid`
         (B, 1, T, T) weighs each pixel's loss (0 = ignored)."""
@@ -159,7 +169,8 @@ class Stepper:
         self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            update_ema(self.ema, self.model, first=self.ema_updates == 0)
+            self.ema_updates += 1
         return parts
 
     def _halve(self, batch: int) -> None:
@@ -183,7 +194,7 @@ class Stepper:
         y: torch.Tensor,
         tiles: torch.Tensor | None,
         valid: torch.Tensor | None = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """Gradients of the batch over micro-batches; returns the mean loss parts.
 
         Under DDP the ranks must run the same micro-batches (forwards broadcast buffers, the
@@ -196,7 +207,7 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         micro = self.micro_batch
         kwargs_of = self.hooks.step_kwargs(x, y, tiles, generator=self.generator)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         starts = range(0, len(x), micro)
         for i, start in enumerate(starts):
             part = slice(start, start + micro)
@@ -222,7 +233,7 @@ class Stepper:
                 if self.info.distributed and ddp.any_flag(self.info, out_of_memory):
                     raise _SomeRankOutOfMemory
             for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) * weight
+                totals[k] = totals.get(k, 0.0) + v.detach().float() * weight
         return totals
 
     def _forward(
@@ -233,8 +244,53 @@ class Stepper:
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
         )
         with autocast:
-            output = self.ddp_model(x, **kwargs)
+            output = self.forward_model(x, **kwargs)
             return segmentation_loss(output, y, config=self.config.loss, valid=valid)
 
     def _backward(self, losses: dict, weight: float) -> None:
         self.scaler.scale(losses["total"].float() * weight).backward()
+
+
+def adamw(groups: list[dict], *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel for these parameters (CUDA; the CPU since torch
+    2.4): one pass over all parameters instead of a dozen per tensor, 3-7× faster on the CPU
+    (BENCHMARKS.md), the same update up to float rounding. Else torch's default."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Convolution weights in channels-last order, in place (values unchanged): 2D convs as
+    kit.infer.stitch.to_channels_last does, 3D convs (stem3d) channels_last_3d. The convolutions
+    then run channels-last: on the CPU oneDNN's fast kernels (U-Net step 1.25×, stem3d's Conv3d
+    backward 3×, BENCHMARKS.md), on CUDA cuDNN's tensor-core layout."""
+    from kit.infer.stitch import to_channels_last
+
+    to_channels_last(model)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, *, first: bool) -> None:
+    """AveragedModel.update_parameters(model) for `use_buffers=True` without its two host
+    reads of the device counter `n_averaged` (`first`: no update yet, so copy). Same results."""
+    from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+    averaged = [p.detach() for p in itertools.chain(ema.module.parameters(), ema.module.buffers())]
+    current = [p.detach() for p in itertools.chain(model.parameters(), model.buffers())]
+    if first:
+        torch._foreach_copy_(averaged, current)
+    else:
+        groups = _group_tensors_by_device_and_dtype([averaged, current])
+        for (device, _), ([mine, theirs], _) in groups.items():
+            ema.multi_avg_fn(mine, theirs, ema.n_averaged.to(device))
+    ema.n_averaged += 1
+
+
+def _compiled(model: torch.nn.Module, config: Config) -> torch.nn.Module:
+    """`model`, through torch.compile when `model.compile` (the state dict stays the model's)."""
+    return torch.compile(model) if config.model.compile else model
