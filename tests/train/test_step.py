@@ -52,7 +52,7 @@ def _count_reads(monkeypatch) -> list:
             inside[0] = False
 
     monkeypatch.setattr(Stepper, "step", counted_step)
-    pass  # the device path, on the CPU
+    monkeypatch.setattr("kit.augment.PER_SAMPLE_DEVICES", ())  # the device path, on the CPU
     return events
 
 
