@@ -23,7 +23,8 @@ class TileDataset(Dataset):
     """Item i = tile `tiles[i]` = (fragment index, y, x) of size data.tile.
 
     Returns {"image": uint16 (C, T, T), "label": uint8 (1, T, T), "ignore": uint8 (1, T, T)
-    (1 = counts in no loss), "stats": float32 (2,), "tile": int64 (3,) the tile row}. Where
+    (1 = counts in no loss; only when some fragment has an ignore mask, so that the step knows
+    without reading a tensor), "stats": float32 (2,), "tile": int64 (3,) the tile row}. Where
     `skip_image[i]` is true the image is zeros and never read (its embedding is already cached;
     see `kit.models.sam_training`). Labels and ignore masks (2-D, one per fragment; an ignore
     mask None where a fragment has none) are held in memory and shared copy-on-write with forked
@@ -55,15 +56,19 @@ class TileDataset(Dataset):
             image = np.zeros((self.data.in_channels, t, t), dtype=np.uint16)
         else:
             image = read_window(self.fragments[index], self.data, y, x, t, t)
-        ignore = self.ignore[index]
-        ignored = np.zeros((t, t), np.uint8) if ignore is None else _label_window(ignore, y, x, t)
-        return {
+        item = {
             "image": torch.from_numpy(image),
             "label": torch.from_numpy(_label_window(self.labels[index], y, x, t)[None]),
-            "ignore": torch.from_numpy(ignored[None]),
             "stats": self.stats[index],
             "tile": torch.from_numpy(np.asarray(self.tiles[i], dtype=np.int64)),
         }
+        if any(m is not None for m in self.ignore):
+            ignore = self.ignore[index]
+            ignored = (
+                np.zeros((t, t), np.uint8) if ignore is None else _label_window(ignore, y, x, t)
+            )
+            item["ignore"] = torch.from_numpy(ignored[None])
+        return item
 
 
 def _label_window(label: np.ndarray, y: int, x: int, t: int) -> np.ndarray:

@@ -123,8 +123,8 @@ class Stepper:
         x = batch["image"].to(self.device, non_blocking=nb)
         y = batch["label"].to(self.device, non_blocking=nb).float()
         ignore = batch.get("ignore")
-        ignored = None  # checked on the host, so a batch without ignored pixels syncs nothing
-        if ignore is not None and bool(ignore.any()):
+        ignored = None  # the key is there only when some training fragment has an ignore mask
+        if ignore is not None:
             ignored = ignore.to(self.device, non_blocking=nb).float()
             y = torch.cat([y, ignored], dim=1)  # warped together with the labels
         x = normalize(x, batch["stats"], self.config.data)
