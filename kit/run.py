@@ -283,6 +283,38 @@ class PredictionDir:
         path = self.map(fragment_id)
         return read_map(path) if path.is_file() else None
 
+    def read_checked(self, fragment_id: str, fragment=None) -> np.ndarray:
+        """The fragment's map, refused (KitError naming the fix) when it is missing, was not
+        written by the prediction predict.json records, or (given the kit.data.fragment.Fragment)
+        was made from other files or another size than the fragment's."""
+        from kit.provenance import fragment_identity
+
+        path, pred = self.map(fragment_id), self.path
+        prob = self.read_map(fragment_id)
+        if prob is None:
+            raise KitError(f"{path} is missing or unreadable: predict fragment {fragment_id} first")
+        made = self.record().get("fragments")  # what predict finished, with each identity
+        if made is not None and fragment_id not in made:
+            raise KitError(
+                f"{path} was not written by the prediction {self.predict_json} records "
+                "(an interrupted or older predict?): rerun `python -m kit predict` into "
+                f"{pred}, it redoes only what is missing"
+            )
+        if fragment is None:
+            return prob
+        if made is not None and fragment_identity(fragment) != made[fragment_id]:
+            raise KitError(
+                f"{fragment.path} changed since {path} was predicted: rerun `python -m kit "
+                f"predict` into {pred} (it redoes the changed fragments)"
+            )
+        if fragment.shape != prob.shape:
+            h, w = fragment.shape
+            raise KitError(
+                f"{path} is {prob.shape[0]}×{prob.shape[1]} but the mask of {fragment.path} is "
+                f"{h}×{w}: predicted from another dataset?"
+            )
+        return prob
+
     def preview(self, fragment_id: str) -> Path:
         return self.path / "preview" / f"{fragment_id}.png"
 
