@@ -149,6 +149,19 @@ def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
         shutil.copyfile(source, tmp)
 
 
+def link(target: str | os.PathLike, path: str | os.PathLike) -> None:
+    """`path` becomes a symbolic link to `target` (absolute), replacing what `path` was, in one
+    rename: a dataset that points at big inputs (slices, volumes) instead of copying them."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise KitError(f"{path} is a directory, not a link: remove it or write elsewhere")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path(target).resolve(), tmp)
+    os.replace(tmp, path)
+
+
 def read_csv(path: str | os.PathLike, header: list[str], error: type[KitError], *, missing: str):
     """[(line number, row)] of a CSV whose first line is exactly `header` (blank rows skipped);
     `error` (a KitError class) names the file: `missing` is the fix when it does not exist."""

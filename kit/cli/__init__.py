@@ -26,6 +26,7 @@ COMMANDS = {
     "predict": "kit.cli.predict",
     "evaluate": "kit.cli.evaluate",
     "submit": "kit.cli.submit",
+    "pseudo-label": "kit.cli.pseudo_label",
     "validate": "kit.cli.validate",
     "report": "kit.cli.report",
 }
