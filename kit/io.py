@@ -80,6 +80,23 @@ def write_png(path: str | os.PathLike, image: np.ndarray, params: list[int] = ()
             raise write_failed(path, "cv2.imwrite failed: a full disk or a read-only directory?")
 
 
+def write_png_if_changed(path: str | os.PathLike, image: np.ndarray) -> bool:
+    """write_png unless `path` already holds exactly this PNG (its mtime then stays, so the
+    provenance of what was made from it stays too); True when it wrote."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise write_failed(path, "cv2.imencode failed")
+    data = encoded.tobytes()
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return True
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

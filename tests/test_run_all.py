@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kit.data.folds import Region, write_folds
+from kit.data.folds import Region, load_folds, write_folds
 from kit.rle import decode
 from kit.submission import fragment_shapes, validate_submission
 
@@ -172,3 +172,37 @@ def test_run_all_after_any_changed_input_gives_what_a_fresh_run_gives(tmp_path, 
     assert "same fragments, kept" in again.stdout
     assert again.stdout.count("exists (same members, checkpoints and data): skipped") == 2
     assert _outputs(out) == _outputs(fresh)
+
+
+@pytest.mark.slow
+def test_run_all_self_training_rounds_train_on_pseudo_labels_and_rerun_in_place(tmp_path, demo_dir):
+    folds = tmp_path / "folds.csv"
+    write_folds([Region("1", 0, 0.0, 1.0), Region("2", 1, 0.0, 1.0)], folds)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("TIME_BUDGET", "SUBMIT_ARGS")}
+    env.update(OUT_DIR=str(out), DATA_DIR=str(demo_dir), FOLDS=str(folds), NGPUS="0",
+               CONFIG="cpu-demo-unet", TRAIN_ARGS="--max-steps 2", PYTHON=sys.executable,
+               SELF_TRAIN_ROUNDS="1", PSEUDO_ARGS="--ink 0.6 --background 0.4")  # fmt: skip
+
+    def run() -> subprocess.CompletedProcess:
+        result = subprocess.run(["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True,
+                                text=True, timeout=900)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    first = run()
+    assert "round 1: pseudo-labels from" in first.stdout
+    round1 = out / "self_train" / "round1"
+    # the test fragments a, b: only trained on, never held out
+    trained_only = {r.fragment for r in load_folds(round1 / "data" / "folds.csv") if r.fold < 0}
+    assert trained_only == {"a", "b"}
+    for fold in (0, 1):
+        assert (
+            round1 / "runs" / "cpu-demo-unet" / f"fold{fold}" / "checkpoints" / "best.pt"
+        ).is_file()
+    assert (out / "submission.csv").read_bytes() == (round1 / "submission.csv").read_bytes()
+    assert (out / "self_train" / "round0" / "submission.csv").is_file()
+    validate_submission(out / "submission.csv", demo_dir / "test")
+
+    again = run()
+    assert again.stdout.count("nothing to do") == 4  # two runs per round, all kept

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from kit.data.fragment import Fragment
     from kit.data.layout import find_fragments, labelled_fragments
     from kit.errors import KitError
-    from kit.io import link, write_json, write_png
+    from kit.io import link, write_json, write_png_if_changed
     from kit.post.pseudo import PseudoStats, check_bands, pseudo_labels
     from kit.run import PredictionDir
 
@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
         for entry in sorted(files.root.iterdir()):
             if entry not in written:
                 link(entry, target / entry.name)
-        write_png(target / files.labels.relative_to(files.root), labels.astype("uint8") * 255)
-        write_png(target / files.ignore.relative_to(files.root), ignore.astype("uint8") * 255)
+        for path, image in ((files.labels, labels), (files.ignore, ignore)):
+            write_png_if_changed(target / path.relative_to(files.root), image.astype("uint8") * 255)
         stats = PseudoStats.of(labels, ignore, mask)
         record["fragments"][fid] = {"ink": round(stats.ink, 5), "ignored": round(stats.ignored, 5)}
         print(f"{fid}: ink {stats.ink:.2%} of the papyrus, ignored {stats.ignored:.2%} "

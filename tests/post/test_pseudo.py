@@ -78,6 +78,12 @@ def test_pseudo_label_writes_a_dataset_that_trains_on_the_unlabelled_fragments(t
     record = json.loads((out / "pseudo.json").read_text())
     assert set(record["fragments"]) == {"a", "b"} and record["ink"] == 0.8
 
+    # a rerun on the same maps keeps the label files (their mtimes are the runs' provenance)
+    stamps = {f.id: Fragment(out / "train" / f.id).files.labels.stat().st_mtime_ns for f in tests}
+    assert main(args) == 0
+    assert stamps == {f.id: Fragment(out / "train" / f.id).files.labels.stat().st_mtime_ns
+                      for f in tests}  # fmt: skip
+
     # every fold trains on them, none holds them out
     fold = load_fold_data(out, 0, out / "folds.csv", progress=False)
     assert {"a", "b"} <= {f.id for f in fold.train}
