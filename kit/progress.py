@@ -64,12 +64,6 @@ class SummaryBar:
         finally:
             self.close()
 
-    def __enter__(self) -> SummaryBar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def update(self, n: int = 1) -> None:
         self.n += n
 

@@ -205,8 +205,6 @@ def _oof_pictures(folder: Path, report: Path, evaluation: dict, runs: list[RunDi
 
 
 def _test_section(out_dir: Path, report: Path) -> str:
-    import cv2
-
     from kit.pictures import submission_plot
     from kit.rle import decode
     from kit.run import PredictionDir
@@ -217,7 +215,9 @@ def _test_section(out_dir: Path, report: Path) -> str:
     rles = read_submission(submission) if submission.is_file() else {}
     figures = []
     for fid in pred.map_ids():
-        prob = cv2.imread(str(pred.map(fid)), cv2.IMREAD_UNCHANGED)
+        prob = pred.read_map(fid)  # PNG or TIFF, as `predict --format` wrote it
+        if prob is None:
+            continue
         mask = decode(rles[fid], prob.shape).astype(bool) if fid in rles else None
         name = f"test_{fid}.png"
         submission_plot(prob, mask, report / name, title=f"test fragment {fid}")
