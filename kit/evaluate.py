@@ -4,12 +4,13 @@
     evaluate_runs(runs)           -> Evaluation      per fold/member histograms -> scores
     draw_pictures(evaluation, runs, out)             overlays (TP/FP/FN) and threshold plots
 
-Each run directory holds oof/<fragment>.png (uint8 probability on its held-out rows) and
+Each run directory holds oof/<fragment>.png or .tif (uint8 probability on its held-out rows) and
 oof/regions.csv (the held-out regions). Runs of the same fold from different model families are
 averaged with the same arithmetic as `predict` (kit.infer.ensemble.mean_maps). Scores come from
 global TP/FP/FN counts: per fold over its regions, pooled over all regions of all folds. Each
 map is reduced to a kit.metrics.LevelHistogram (ink / no ink by 8-bit level) of its held-out
-papyrus pixels, so every threshold k/255 is scored at once and pooling is a sum.
+papyrus pixels outside any ignore mask (Fragment.scored), so every threshold k/255 is scored at
+once and pooling is a sum.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Out-of-fold F0.5 per fold and pooled, and the threshold that maximises it.
 
-Reads each run's oof/<fragment>.png and oof/regions.csv, with labels and masks from the dataset
-(--data, else the `data` recorded in the run's run.json). Runs of the same fold (e.g. a SAM and a
+Reads each run's oof/<fragment>.png (or .tif) and oof/regions.csv, with labels and masks from the
+dataset (--data, else the `data` recorded in the run's run.json). Runs of the same fold (e.g. a SAM and a
 U-Net) are averaged as `predict` would (RUN:W sets a weight); each member is scored too.
 With --tune-weights the members' weights are searched on the OOF maps first (kit/weights.py) and
 the ensemble is scored with them; `predict --evaluation` then uses the same weights.

@@ -3,8 +3,9 @@
     validate(model, config, data, device=...) -> Validation(score, threshold, maps)
     write_previews(folder, epoch, ...)          the `--log-images` pictures of one validation
 
-The score comes from the global counts of all held-out pixels inside the papyrus mask (never an
-average of per-tile scores); the trainer keeps best.pt and the OOF maps of the best one.
+The score comes from the global counts of all held-out pixels inside the papyrus mask and outside
+any ignore mask (`Fragment.scored`; never an average of per-tile scores); the trainer keeps
+best.pt and the OOF maps of the best one.
 """
 
 from __future__ import annotations
