@@ -11,6 +11,11 @@ Sections (each adds `results[SECTION]` to the JSON file, so one failing leaves t
                  only and with the DataLoader
     encoder      SAM vit_b image encoder, bf16: per-tile ms at 256 px vs upscaled to 1024, and
                  Meta's 14-token windows vs one 16-token window at 256 px
+    plain_loop   vit_b at tile 256 and 512, batch 8 and 32: the kit's training step (sam-vit-b:
+                 bf16, sdpa attention, fused AdamW, EMA) against the plain fp32 loop
+                 (bench/plain_loop.py): images/s, peak memory, ratio; the kit compiled too
+    attention    vit_b encoder (bench/bench_attention.py), bf16, training and inference:
+                 model.attention meta vs sdpa, Meta's 14-token windows vs one 16-token window
     infer        predict_fragment tiles/s for sam-vit-b over a generated fragment, and
                  predict_fragment / pure-forward time (tta identity)
     consistency  same tiny checkpoints, predict_fragment on the device (fp32, also without
@@ -68,6 +73,17 @@ def sizes(smoke: bool) -> dict:
             "enc_repeats": 2,
             "frag": (384, 320, 30),
             "infer_repeats": 1,
+            # vit_tiny16: patch 16 and 14-token windows like vit_b, a fraction of its weights
+            "plain_variant": "vit_tiny16",
+            "plain_sizes": [(32, 2)],
+            "plain_steps": 1,
+            "plain_repeats": 1,
+            "plain_compile": False,
+            "attn_variant": "vit_tiny16",
+            "attn_tile": 64,
+            "attn_batch": 1,
+            "attn_windows": [14, 4],
+            "attn_repeats": 1,
         }
     return {
         "demo_scale": 0.125,
@@ -84,6 +100,16 @@ def sizes(smoke: bool) -> dict:
         "enc_repeats": 10,
         "frag": (4000, 3000, 30),
         "infer_repeats": 2,
+        "plain_variant": "vit_b",
+        "plain_sizes": [(256, 8), (256, 32), (512, 8), (512, 32)],
+        "plain_steps": 5,
+        "plain_repeats": 3,
+        "plain_compile": True,  # the kit with model.compile too, at the first size
+        "attn_variant": "vit_b",
+        "attn_tile": 256,
+        "attn_batch": 16,
+        "attn_windows": [14, 16],
+        "attn_repeats": 10,
     }
 
 
@@ -432,6 +458,74 @@ def section_encoder(args) -> dict:
     return r
 
 
+# -- plain_loop ----------------------------------------------------------------------------------
+def section_plain_loop(args) -> dict:
+    """bench/plain_loop.compare for vit_b at each (tile, batch): the kit's training step as the
+    sam-vit-b preset runs it against the plain fp32 loop on the same tiles, images/s and peak
+    memory (each side's weights, optimizer state and step; the kit's includes its EMA copy)."""
+    import gc
+
+    import torch
+    from plain_loop import compare
+
+    from kit.config import load_config
+
+    s = sizes(args.smoke)
+    device = torch.device(device_name(args))
+    out = {"variant": s["plain_variant"], "device": str(device)}
+    for i, (tile, batch) in enumerate(s["plain_sizes"]):
+        name = f"tile{tile}_batch{batch}"
+        if args.deadline - time.monotonic() < 20:
+            out[name] = {"skipped": "time budget spent"}
+            continue
+        config = load_config("sam-vit-b", [
+            f"model.variant={s['plain_variant']}", "data.z_start=24", "data.z_end=40",
+            "data.reverse=false", f"data.tile={tile}", f"train.batch_size={batch}",
+        ])  # fmt: skip
+        variants = {"kit": []}
+        if i == 0 and s["plain_compile"]:
+            variants["kit_compiled"] = ["model.compile=true"]
+        try:
+            r = compare(config, device=device, steps=s["plain_steps"],
+                        repeats=s["plain_repeats"], kit_variants=variants)  # fmt: skip
+        except torch.cuda.OutOfMemoryError as exc:
+            r = {"error": f"CUDA out of memory: {str(exc).splitlines()[0]}"}
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        out[name] = r
+        args.partial(out)
+        if "error" not in r:
+            line = ", ".join(
+                f"{k} {r[k]['images_per_s']:.1f} img/s"
+                + (f", peak {r[k]['peak_mib']:.0f} MiB" if r[k]["peak_mib"] is not None else "")
+                + (f" ({r[k]['ratio']:.2f}x plain)" if k != "plain" else "")
+                for k in ("plain", *variants)
+            )  # fmt: skip
+            print(f"vit {s['plain_variant']} tile {tile} batch {batch} on {device}: {line}",
+                  flush=True)  # fmt: skip
+    out["ok"] = all("error" not in v for k, v in out.items() if k.startswith("tile"))
+    return out
+
+
+# -- attention -----------------------------------------------------------------------------------
+def section_attention(args) -> dict:
+    """bench/bench_attention.measure: the encoder's two attention kernels and two window sizes,
+    training and inference, bf16 on CUDA."""
+    import torch
+    from bench_attention import measure
+
+    s = sizes(args.smoke)
+    r = measure(tile=s["attn_tile"], batch=s["attn_batch"], windows=s["attn_windows"],
+                modes=["train", "infer"], repeats=s["attn_repeats"],
+                device=torch.device(device_name(args)), variant=s["attn_variant"])  # fmt: skip
+    for mode, rows in r.items():
+        print(f"{s['attn_variant']} encoder at {s['attn_tile']} px, {mode}: " + ", ".join(
+            f"{k} {v['ms_per_tile']:.3f} ms/tile ({v['ratio']:.2f}x)" for k, v in rows.items()
+        ))  # fmt: skip
+    return {"variant": s["attn_variant"], "tile": s["attn_tile"], "batch": s["attn_batch"], **r}
+
+
 # -- infer ---------------------------------------------------------------------------------------
 def section_infer(args) -> dict:
     """predict_fragment of sam-vit-b (infer batch 32, bf16, the preset's TTA) over a generated
@@ -634,7 +728,8 @@ def section_summary(args) -> dict:
 
 SECTIONS = {"env": section_env, "cli": section_cli, "train_step": section_train_step,
             "encoder": section_encoder, "infer": section_infer,
-            "consistency": section_consistency, "summary": section_summary}  # fmt: skip
+            "consistency": section_consistency, "plain_loop": section_plain_loop,
+            "attention": section_attention, "summary": section_summary}  # fmt: skip
 
 
 def main() -> int:

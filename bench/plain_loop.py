@@ -16,7 +16,8 @@ from a NumPy array in memory; no AMP, no compile, no clipping, no augmentation.
 The kit: the member's config through the real trainer's `Stepper.step` (to the device,
 normalise, augment, micro-batches, loss, backward, clipping, AdamW, schedule, EMA when on) on the
 same tiles, as uint16 like the loader gives them, and the same batch size. `--kit` adds variants
-(e.g. `--kit meta=model.attention=meta`).
+(e.g. `--kit meta=model.attention=meta`); `--before` adds the kit's step as it was before issue
+15 (Meta's attention, torch's default AdamW, contiguous convolution weights).
 
 Both sides start from the same weights (the plain modules load the kit model's state dict
 strictly); the first forward's max |logit difference| is printed. Timing: one warm-up step per
@@ -30,6 +31,7 @@ other jobs disturb least.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -190,26 +192,41 @@ class Tiles:
                 "tile": torch.from_numpy(np.stack([np.zeros(n, np.int64), index, index], 1))}  # fmt: skip
 
 
+BEFORE = "before"  # the kit variant without issue 15's speed paths (--before)
+
+
 class KitSide:
-    """The kit's model and Stepper for `config`."""
+    """The kit's model and Stepper for `config`. Named BEFORE: the Stepper as it was before
+    issue 15 (torch's default AdamW, contiguous conv weights; with model.attention=meta)."""
 
     def __init__(self, name: str, config: Config, tiles: Tiles, device: torch.device) -> None:
+        from unittest import mock
+
         from kit.models import build_model, training_hooks
+        from kit.train import step
         from kit.train.ddp import DistInfo
-        from kit.train.step import Stepper
 
         self.name, self.config, self.tiles = name, config, tiles
         torch.manual_seed(0)
         self.model = build_model(config).to(device)
         hooks = training_hooks(config, self.model, fragments=["bench"], n_tiles=N_TILES,
                                device=device)  # fmt: skip
-        self.stepper = Stepper(config, self.model, hooks, info=DistInfo(), device=device)
+        undo = contextlib.ExitStack()
+        if name == BEFORE:
+            undo.enter_context(mock.patch.object(step, "channels_last", lambda model: model))
+            undo.enter_context(mock.patch.object(step, "adamw", _unfused_adamw))
+        with undo:
+            self.stepper = step.Stepper(config, self.model, hooks, info=DistInfo(), device=device)
         self.count = 0
 
     def step(self) -> None:
         index = self.tiles.batch(self.count, self.config.train.batch_size)
         self.stepper.step(self.tiles.kit_batch(index))
         self.count += 1
+
+
+def _unfused_adamw(groups: list[dict], *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
 class PlainSide:
@@ -296,6 +313,12 @@ def compare(
             wall[side.name].append((time.perf_counter() - begin) / steps)
             cpu[side.name].append((time.process_time() - begin_cpu) / steps)
     batch = config.train.batch_size
+    kit = dict(sides[1].model.named_parameters())
+    for side in sides[2:]:  # kit variants, after the same steps on the same batches as "kit"
+        theirs = dict(side.model.named_parameters())
+        result[f"{side.name}_param_max_abs_diff"] = max(
+            (theirs[k] - v).abs().max().item() for k, v in kit.items()
+        )
     for side in sides:
         s = statistics.median(wall[side.name])
         result[side.name] = {"ms_per_step": 1000 * s, "images_per_s": batch / s,
@@ -324,6 +347,11 @@ def main() -> None:
         help="config override for every member and side, e.g. train.batch_size=4",
     )
     p.add_argument(
+        "--before",
+        action="store_true",
+        help=f"also time {BEFORE!r}: the kit's step without issue 15's speed paths",
+    )
+    p.add_argument(
         "--kit",
         action="append",
         default=[],
@@ -341,6 +369,8 @@ def main() -> None:
     for member in args.members:
         preset, sets = MEMBERS[member]
         config = load_config(preset, [*sets, *args.overrides])
+        if args.before:
+            variants[BEFORE] = ["model.attention=meta"] if config.model.family == "sam" else []
         r = compare(config, device=device, steps=args.steps, repeats=args.repeats,
                     kit_variants=variants)  # fmt: skip
         line = [f"{member} (batch {config.train.batch_size}, tile {config.data.tile}, "
@@ -350,8 +380,9 @@ def main() -> None:
             rounds = " ".join(f"{x:.2f}" for x in k["ratios"])
             line.append(f"{name} {k['ms_per_step']:.0f} ms, plain/{name} {k['ratio']:.2f}x "
                         f"(rounds {rounds}; CPU time {k['cpu_ratio']:.2f}x)")  # fmt: skip
-        print("; ".join(line) + f"; logits max |diff| at start {r['logit_max_abs_diff']:.2e}",
-              flush=True)  # fmt: skip
+        diffs = "".join(f"; {k} {v:.1e}" for k, v in r.items() if k.endswith("param_max_abs_diff"))
+        print("; ".join(line) + f"; logits max |diff| at start {r['logit_max_abs_diff']:.2e}"
+              + diffs, flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ def test_unquoted_off_stays_a_word_for_string_fields(tmp_path):
         ("data.norm=zscore", r"data\.norm='zscore' is not one of"),
         ("data.p_low=99.9", r"data\.p_low=99\.9 must be below data\.p_high=99\.5"),
         ("model.layer_decay=0", r"model\.layer_decay=0\.0 is outside \(0, 1\]"),
+        ("model.attention=flash", r"model\.attention 'flash' .*valid: \['auto', 'sdpa', 'meta'\]"),
+        ("train.log_every=0", r"train\.log_every=0 is outside \[1, inf\)"),
     ],
 )
 def test_bad_values_fail_when_the_config_loads_naming_the_key_and_the_valid_ones(override, message):
@@ -69,3 +71,11 @@ def test_config_command_prints_the_resolved_config(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["lr"] == 0.5 and printed["train"]["seed"] == 3  # both --set apply
     assert printed == config_to_dict(load_config("cpu-demo", ["train.lr=0.5", "train.seed=3"]))
+
+
+def test_speed_settings_are_saved_with_the_config():
+    config = load_config("cpu-demo", ["model.attention=meta", "model.compile=true"])
+    saved = config_from_dict(config_to_dict(config))
+    assert (saved.model.attention, saved.model.compile) == ("meta", True)
+    with pytest.raises(ConfigError, match=r"model\.attention='sdpa' is for model\.family sam"):
+        load_config("cpu-demo-unet", ["model.attention=sdpa"])

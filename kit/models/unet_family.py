@@ -63,7 +63,7 @@ register_family(
     "unet",
     FamilySpec(
         build=build_unet,
-        choices={"train_mode": ("frozen", "full"), "prompt": ("none",)},
+        choices={"train_mode": ("frozen", "full"), "prompt": ("none",), "attention": ("auto",)},
         load_pretrained=load_timm_file,
         layer_ids=unet_layer_ids,
     ),
