@@ -97,6 +97,12 @@ def write_png_if_changed(path: str | os.PathLike, image: np.ndarray) -> bool:
     return True
 
 
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """np.save, atomically (the path keeps its name: give it the .npy suffix)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

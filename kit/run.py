@@ -41,6 +41,7 @@ from kit.io import (
     remove_temporaries,
     write_csv,
     write_json,
+    write_npy,
     write_png,
     write_tiled_tiff,
 )
@@ -314,6 +315,24 @@ class PredictionDir:
                 f"{h}×{w}: predicted from another dataset?"
             )
         return prob
+
+    def part_file(self, fragment_id: str, key: str, index: int, count: int) -> Path:
+        """Rows of one part of a shared-out prediction (kit.infer.parts), until assembled."""
+        return self.path / ".parts" / f"{fragment_id}.{key}.{index + 1}of{count}.npy"
+
+    def write_part(self, fragment_id: str, key: str, index: int, count: int, rows) -> None:
+        write_npy(self.part_file(fragment_id, key, index, count), rows)
+
+    def read_parts(self, fragment_id: str, key: str, count: int) -> list[np.ndarray] | None:
+        """Every part's rows in order, None while one is missing."""
+        files = [self.part_file(fragment_id, key, k, count) for k in range(count)]
+        if not all(f.is_file() for f in files):
+            return None
+        return [np.load(f) for f in files]
+
+    def remove_parts(self, fragment_id: str) -> None:
+        for f in (self.path / ".parts").glob(f"{fragment_id}.*.npy"):
+            f.unlink(missing_ok=True)
 
     def preview(self, fragment_id: str) -> Path:
         return self.path / "preview" / f"{fragment_id}.png"

@@ -196,8 +196,10 @@ def predict_ensemble(
     *,
     device: str = "cpu",
     progress: bool = True,
+    own: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Weighted mean of the members' maps, uint8 (H, W) (`mean_maps`). With several members each
+    """Weighted mean of the members' maps, uint8 (H, W) (`mean_maps`); `own` rows only when
+    given (kit.infer.stitch.predict_fragment). With several members each
     map waits in a scratch file (kit.io.scratch_array) until all are done, so host memory holds
     one member's map and a band of the mean, never an (H, W) float map."""
     check_compatible(loaded, fragment)
@@ -206,14 +208,14 @@ def predict_ensemble(
         model = active[0].model.to(device)
         return predict_fragment(
             model, active[0].config, fragment, device=device, progress=progress,
-            label=f"{active[0].member.name}: fragment {fragment.id}",
+            label=f"{active[0].member.name}: fragment {fragment.id}", own=own,
         )  # fmt: skip
     maps = []
     for lm in active:
         model = lm.model.to(device)
         pred = predict_fragment(
             model, lm.config, fragment, device=device, progress=progress,
-            label=f"{lm.member.name}: fragment {fragment.id}",
+            label=f"{lm.member.name}: fragment {fragment.id}", own=own,
         )  # fmt: skip
         lm.model.to("cpu")  # one member on the accelerator at a time
         kept = scratch_array(pred.shape, np.uint8)
