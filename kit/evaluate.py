@@ -2,7 +2,8 @@
 
     load_oof_run(spec, data=None) -> OOFRun          a run directory's OOF maps and held-out regions
     evaluate_runs(runs)           -> Evaluation      per fold/member histograms -> scores
-    draw_pictures(evaluation, runs, out)             overlays (TP/FP/FN) and threshold plots
+    draw_pictures(evaluation, runs, out)             overlays (TP/FP/FN) of the ensemble and of
+                                                     each member, and threshold plots
 
 Each run directory holds oof/<fragment>.png or .tif (uint8 probability on its held-out rows) and
 oof/regions.csv (the held-out regions). Runs of the same fold from different model families are
@@ -27,7 +28,11 @@ from kit.errors import KitError
 from kit.infer.ensemble import mean_maps, parse_spec
 from kit.io import write_png
 from kit.metrics import THRESHOLDS, LevelHistogram
-from kit.run import RunDir
+from kit.run import RunDir, member_stem
+
+# the longest side of a member's overlay: the report shows several per fragment, at about this
+# size (the ensemble's is drawn larger, to be opened)
+MEMBER_OVERLAY_SIDE = 640
 
 
 @dataclass
@@ -163,9 +168,11 @@ def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
     return Evaluation(folds, members)
 
 
-def overlay_picture(out: Path, fold: int, fragment_id: str) -> Path:
-    """Where draw_pictures puts fold `fold`'s overlay of a fragment (the report reads it)."""
-    return out / f"fold{fold}_{fragment_id}_overlay.png"
+def overlay_picture(out: Path, fold: int, fragment_id: str, member: str | None = None) -> Path:
+    """Where draw_pictures puts fold `fold`'s overlay of a fragment: the ensemble's, or one
+    member's alone (`member`: its name in evaluation.json). The report reads them."""
+    what = "" if member is None else f"_{member_stem(member)}"
+    return out / f"fold{fold}_{fragment_id}_overlay{what}.png"
 
 
 def threshold_picture(out: Path, fold: int | None = None) -> Path:
@@ -174,19 +181,29 @@ def threshold_picture(out: Path, fold: int | None = None) -> Path:
 
 
 def draw_pictures(evaluation: Evaluation, runs: list[OOFRun], out: Path) -> list[Path]:
-    """Per fold: OOF overlays at the pooled threshold and a threshold-vs-F0.5 plot; a pooled plot."""
+    """Per fold: OOF overlays (the ensemble at the pooled threshold; with several members each
+    member alone at its own pooled threshold, smaller) and a threshold-vs-F0.5 plot; a pooled
+    plot."""
     from kit.metrics import binarize
     from kit.pictures import oof_overlay, threshold_plot
 
     summary = evaluation.summary()
     threshold = summary["threshold"]
     written = []
-    for fold, fragment, scored, _, ensemble in fold_maps(runs):
-        labels = fragment.labels()
-        image = oof_overlay(binarize(ensemble, threshold), labels, fragment.mask(), scored=scored)
+    for fold, fragment, scored, maps, ensemble in fold_maps(runs):
+        labels, mask = fragment.labels(), fragment.mask()
+        image = oof_overlay(binarize(ensemble, threshold), labels, mask, scored=scored)
         path = overlay_picture(out, fold, fragment.id)
         write_png(path, image)
         written.append(path)
+        if len(evaluation.members) < 2:
+            continue  # the ensemble is its one member: the same picture
+        for name, prob in maps.items():
+            cut = binarize(prob, summary["members"][name]["threshold"])
+            image = oof_overlay(cut, labels, mask, scored=scored, max_side=MEMBER_OVERLAY_SIDE)
+            path = overlay_picture(out, fold, fragment.id, name)
+            write_png(path, image)
+            written.append(path)
     for fold, scores in evaluation.folds.items():
         path = threshold_picture(out, fold)
         curves = {name: (THRESHOLDS, s.curve()) for name, s in scores.items()}

@@ -1,10 +1,12 @@
 """One offline HTML page that shows a whole run of the pipeline, as a competitor would share it.
 
     OUT_DIR/report/index.html     tables (OOF F0.5 per fold × member, nested estimate, weights,
-                                  runs), OOF overlays with their colour legend, threshold curves,
-                                  each test fragment's probability (colour bar) beside the mask
-                                  submitted, one training-curve figure per quantity comparing the
-                                  runs, the config once with the settings that differ per run
+                                  runs), OOF overlays with their colour legend (per held-out
+                                  fragment: the ensemble's, then each member's alone),
+                                  threshold curves, each test fragment's probability (colour
+                                  bar) beside the mask submitted, one training-curve figure per
+                                  quantity comparing the runs, the config once with the
+                                  settings that differ per run
     OUT_DIR/report/*.png          the pictures it links (relative paths: the folder can be copied)
 
 Inputs are the files the other stages write (evaluation.json and its pictures, predictions/,
@@ -161,9 +163,9 @@ def _figure(report: Path, source: Path, name: str, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
 
 
-def _grid(figures: list[str]) -> str:
+def _grid(figures: list[str], css: str = "grid") -> str:
     figures = [f for f in figures if f]
-    return f"<div class='grid'>{''.join(figures)}</div>" if figures else "<p>(none yet)</p>"
+    return f"<div class='{css}'>{''.join(figures)}</div>" if figures else "<p>(none yet)</p>"
 
 
 def _legend() -> str:
@@ -177,22 +179,39 @@ def _legend() -> str:
 
 
 def _oof_pictures(folder: Path, report: Path, evaluation: dict, runs: list[RunDir]) -> str:
+    """Per held-out fragment of each fold, one row: the ensemble's overlay, then each member's
+    alone at its own pooled threshold (when there are several members)."""
     from kit.evaluate import overlay_picture, threshold_picture
+    from kit.run import member_stem
 
     head = "<h2>Out-of-fold pictures</h2>"
     if not evaluation:
         return head + "<p>(none yet)</p>"
-    threshold = evaluation["threshold"]
+    threshold, scores = evaluation["threshold"], evaluation["members"]
+    members = list(scores) if len(scores) > 1 else []
     fragments: dict[int, set[str]] = {}
     for run in runs:
         if run.regions_csv.is_file():
             fragments.setdefault(run.fold(), set()).update(r.fragment for r in run.regions())
-    overlays = [
-        _figure(report, overlay_picture(folder, fold, fid), f"oof_fold{fold}_{fid}.png",
-                f"fold {fold}, fragment {fid}: held-out rows, ensemble at threshold "
-                f"{threshold:.3f}")
-        for fold in sorted(fragments) for fid in sorted(fragments[fold])
-    ]  # fmt: skip
+    rows, missing = [], set()
+    for fold in sorted(fragments):
+        in_fold = evaluation["folds"].get(str(fold), {}).get("members", {})
+        for fid in sorted(fragments[fold]):
+            where = f"fold {fold}, fragment {fid}"
+            ensemble = f"{where}: held-out rows, ensemble at threshold {threshold:.3f}"
+            name = f"oof_fold{fold}_{fid}"
+            figures = [_figure(report, overlay_picture(folder, fold, fid), f"{name}.png", ensemble)]
+            for m in (m for m in members if m in in_fold):
+                alone = f"{where}: {m} alone at its threshold {scores[m]['threshold']:.3f}"
+                figure = _figure(report, overlay_picture(folder, fold, fid, m),
+                                 f"{name}_{member_stem(m)}.png", alone)  # fmt: skip
+                if not figure:
+                    missing.add(m)
+                figures.append(figure)
+            rows.append(f"<h3>{html.escape(where)}</h3>{_grid(figures, 'grid members')}")
+    note = (f"<p class='note'>No overlay of {html.escape(', '.join(sorted(missing)))} alone: "
+            "the evaluation predates them; run <code>kit evaluate</code> again.</p>"
+            if missing else "")  # fmt: skip
     curves = [_figure(report, threshold_picture(folder), "oof_threshold.png",
                       "F0.5 against threshold: pooled, per fold and per member; dashed: the "
                       "threshold chosen")]  # fmt: skip
@@ -201,7 +220,8 @@ def _oof_pictures(folder: Path, report: Path, evaluation: dict, runs: list[RunDi
                 f"fold {fold}: F0.5 against threshold, ensemble and members")
         for fold in evaluation["folds"]
     ]  # fmt: skip
-    return head + _legend() + _grid(overlays) + _grid(curves)
+    overlays = "".join(rows) or "<p>(none yet)</p>"
+    return head + _legend() + overlays + note + _grid(curves)
 
 
 def _test_section(out_dir: Path, report: Path) -> str:
@@ -312,6 +332,8 @@ table{{border-collapse:collapse;margin:0.5em 0 1em}} caption{{caption-side:botto
 text-align:left;padding-top:4px}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
 td{{text-align:right}} td:first-child{{text-align:left}}
 .swatch{{display:inline-block;width:12px;height:12px;margin:0 4px 0 10px;border:1px solid #888}}
+.members figure{{max-width:430px}}
+.members img{{max-width:420px;max-height:280px}} h3{{font-size:14px;margin:0.8em 0 0.3em}}
 .legend{{font-size:13px}} .note{{font-size:12px;color:#555}}
 pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head><body>
 {body}

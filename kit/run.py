@@ -28,6 +28,7 @@ another stage reads back is written atomically (kit.io).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,12 @@ class MemberId:
 
     def __str__(self) -> str:
         return f"{self.config} ({self.family} {self.variant})"
+
+
+def member_stem(member: str) -> str:
+    """A member's name (str(MemberId), maybe with evaluate's " #2") as a file-name part:
+    "cpu-demo (sam vit_b)" -> "cpu-demo_sam_vit_b"."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", member).strip("_") or "member"
 
 
 def default_run_dir(config_name: str, fold: int, root: str | os.PathLike = "runs") -> Path:

@@ -13,6 +13,7 @@ import pytest
 from kit.cli import main
 from kit.config import Config
 from kit.data.folds import Region
+from kit.evaluate import overlay_picture
 from kit.rle import encode
 from kit.run import RunDir
 
@@ -23,7 +24,9 @@ class _Page(HTMLParser):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.tables, self.captions, self.images, self.headings = [], [], [], []
+        self.groups = []  # the image sources of each row of overlays (one held-out fragment)
         self._cell = self._tag = None
+        self._in_group = False
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -36,12 +39,19 @@ class _Page(HTMLParser):
             self._cell = ""
         elif tag == "img":
             self.images.append(attrs["src"])
+            if self._in_group:
+                self.groups[-1].append(attrs["src"])
+        elif tag == "div" and "members" in attrs.get("class", "").split():
+            self.groups.append([])
+            self._in_group = True
         self._tag = tag
 
     def handle_endtag(self, tag):
         if tag in ("td", "th"):
             self.tables[-1][-1].append(self._cell)
             self._cell = None
+        elif tag == "div":
+            self._in_group = False
         self._tag = None
 
     def handle_data(self, data):
@@ -95,7 +105,9 @@ def pipeline(tmp_path):
     (tmp_path / "evaluation" / "evaluation.json").write_text(json.dumps(evaluation))
     overlay = np.zeros((8, 8, 3), np.uint8)
     for fold in (0, 1):
-        cv2.imwrite(str(tmp_path / "evaluation" / f"fold{fold}_{fold + 1}_overlay.png"), overlay)
+        for member in (None, SAM, UNET):  # the ensemble's, then each member's alone
+            path = overlay_picture(tmp_path / "evaluation", fold, str(fold + 1), member)
+            cv2.imwrite(str(path), overlay)
     prob = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (20, 1))
     (tmp_path / "predictions").mkdir()
     cv2.imwrite(str(tmp_path / "predictions" / "a.png"), prob)
@@ -130,6 +142,30 @@ def test_report_pictures_have_captions_a_legend_and_the_submitted_mask(pipeline)
     assert "fragment a (20×32): ensemble probability and the mask submitted" in page.captions
     assert all((out / "report" / src).is_file() for src in page.images)
     assert "test_a.png" in page.images
+
+
+def test_report_shows_each_members_overlay_beside_the_ensembles(pipeline):
+    out, runs = pipeline
+    page = _report(out, runs)
+    assert page.groups == [
+        ["oof_fold0_1.png", "oof_fold0_1_cpu-demo_sam_vit_b.png",
+         "oof_fold0_1_cpu-demo-unet_unet_resnet34.png"],
+        ["oof_fold1_2.png", "oof_fold1_2_cpu-demo_sam_vit_b.png",
+         "oof_fold1_2_cpu-demo-unet_unet_resnet34.png"],
+    ]  # fmt: skip
+    assert f"fold 0, fragment 1: {SAM} alone at its threshold 0.300" in page.captions
+    assert f"fold 1, fragment 2: {UNET} alone at its threshold 0.500" in page.captions
+    assert all((out / "report" / src).is_file() for group in page.groups for src in group)
+
+
+def test_report_says_when_a_members_overlays_are_missing(pipeline):
+    out, runs = pipeline
+    for fold in (0, 1):
+        overlay_picture(out / "evaluation", fold, str(fold + 1), UNET).unlink()
+    page = _report(out, runs)
+    assert [len(group) for group in page.groups] == [2, 2]
+    text = (out / "report" / "index.html").read_text()
+    assert f"No overlay of {UNET} alone" in text
 
 
 def test_report_draws_one_curve_figure_per_quantity_and_no_bookkeeping(pipeline):

@@ -10,7 +10,7 @@ from infer_helpers import write_oof_run, write_train_data
 from kit.cli import main
 from kit.data.folds import Region
 from kit.data.fragment import Fragment
-from kit.evaluate import evaluate_runs, load_oof_run
+from kit.evaluate import MEMBER_OVERLAY_SIDE, evaluate_runs, load_oof_run, overlay_picture
 from kit.infer.ensemble import mean_maps
 from kit.metrics import best_threshold, binarize, f05_score
 
@@ -112,6 +112,11 @@ def test_cli_writes_json_table_and_pictures(runs, capsys):
         assert cv2.imread(str(out / name)) is not None, name
     overlay = cv2.imread(str(out / "fold1_2_overlay.png"))
     assert len(np.unique(overlay.reshape(-1, 3), axis=0)) >= 4  # TP, FP, FN, background colours
+    # each member alone, at its own threshold: noisier than the ensemble, so other pixels
+    for member in summary["members"]:
+        alone = cv2.imread(str(overlay_picture(out, 1, "2", member)))
+        assert alone is not None and max(alone.shape[:2]) <= MEMBER_OVERLAY_SIDE, member
+        assert alone.shape == overlay.shape and not np.array_equal(alone, overlay), member
 
 
 def test_single_member_weighting_and_default_out(runs):
