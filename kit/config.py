@@ -246,6 +246,17 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def flat_config(config: Config) -> dict[str, Any]:
+    """Every field by its dotted key, as `--set` names it: {"name": ..., "data.tile": 256, ...}."""
+    flat: dict[str, Any] = {}
+    for key, value in config_to_dict(config).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
     config = _build(Config, raw, source)
     check_config(config, source)

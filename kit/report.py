@@ -28,7 +28,8 @@ from kit.run import RunDir
 NOT_CURVES = {"epoch", "step", "seconds", "tiles_per_s"}
 # the y-axis label of each metrics.csv column (others: their own name)
 AXIS = {"loss": "training loss (epoch mean)", "f05": "held-out F0.5",
-        "threshold": "held-out best threshold", "lr": "learning rate (heads)"}  # fmt: skip
+        "threshold": "held-out best threshold", "lr": "learning rate (heads)",
+        "val_loss": "held-out loss (of the stitched map)"}  # fmt: skip
 
 
 def training_seconds(runs: list[str]) -> float | None:
@@ -285,23 +286,13 @@ def _curves_section(runs: list[RunDir], report: Path) -> str:
 
 
 # -- config ------------------------------------------------------------------------------------
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _config_section(runs: list[RunDir]) -> str:
     """The settings every run shares, once, and a table of those that differ."""
     import yaml
 
-    from kit.config import config_to_dict
+    from kit.config import flat_config
 
-    configs = {run: _flat(config_to_dict(c)) for run in runs if (c := run.config()) is not None}
+    configs = {run: flat_config(c) for run in runs if (c := run.config()) is not None}
     if not configs:
         return "<h2>Config</h2><p>(no run has a config)</p>"
     keys = list(dict.fromkeys(k for flat in configs.values() for k in flat))

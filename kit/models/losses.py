@@ -9,6 +9,7 @@ Dice is computed over the whole batch (one ratio), so tiles without ink do not e
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -93,3 +94,29 @@ def segmentation_loss(
         + config.iou * parts["iou"]
     )
     return {"total": total, **parts}
+
+
+def level_loss(pos: np.ndarray, neg: np.ndarray, *, config: LossConfig) -> dict[str, float]:
+    """`segmentation_loss`'s BCE, Dice and focal terms (weighted as `config` weighs them) of an
+    8-bit probability map, from its pixels counted by level: `pos` / `neg` int (256,) are the
+    ink / no-ink pixels at each level k (kit.metrics.LevelHistogram), whose probability is k/255
+    — 0 and 255 taken as half a level inside (0.5/255, 254.5/255), the map's resolution, so a
+    confident miss costs -log(1/510) ≈ 6.2, not infinity. One Dice ratio over all the pixels
+    (training: over a batch). No IoU term: a map has no predicted IoU. Exactly the loss of
+    those pixels in one batch (`test_level_loss_is_segmentation_loss_of_the_pixels`), at the
+    cost of 512 values whatever the map's size. Returns floats: "total" and the parts."""
+    levels = torch.arange(256, dtype=torch.float64)
+    prob = (levels / 255).clamp(0.5 / 255, 254.5 / 255)
+    logits = torch.logit(prob).repeat(2)
+    target = torch.cat([torch.ones(256), torch.zeros(256)]).double()
+    count = torch.from_numpy(np.concatenate([pos, neg]).astype(np.float64))
+    smooth = target * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
+    bce = F.binary_cross_entropy_with_logits(logits, smooth, reduction="none")
+    focal = focal_loss(logits, smooth, gamma=config.focal_gamma, alpha=config.focal_alpha)
+    p = torch.sigmoid(logits)
+    inter = (p * target * count).sum()
+    dice = 1.0 - (2.0 * inter + 1.0) / ((p * count).sum() + (target * count).sum() + 1.0)
+    parts = {"bce": _masked_mean(bce, count), "dice": dice if config.dice > 0 else levels.new_zeros(()),
+             "focal": _masked_mean(focal, count) if config.focal > 0 else levels.new_zeros(())}  # fmt: skip
+    total = config.bce * parts["bce"] + config.dice * parts["dice"] + config.focal * parts["focal"]
+    return {"total": float(total), **{k: float(v) for k, v in parts.items()}}

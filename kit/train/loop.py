@@ -31,6 +31,7 @@ from kit.models import build_model, check_model_config, load_pretrained, trainin
 from kit.progress import progress_bar
 from kit.run import RunDir
 from kit.train import ddp
+from kit.train.board import Board
 from kit.train.budget import fit_budget, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
 from kit.train.rerun import finished_message, plan, total_steps
@@ -48,7 +49,8 @@ __all__ = [
     "train_fold",
 ]
 
-METRIC_FIELDS = ["epoch", "step", "loss", "lr", "f05", "threshold", "tiles_per_s", "seconds"]
+METRIC_FIELDS = ["epoch", "step", "loss", "lr", "f05", "threshold", "val_loss", "tiles_per_s",
+                 "seconds"]  # fmt: skip
 
 
 @dataclass
@@ -204,6 +206,7 @@ class _Trainer:
         self.started = time.monotonic() if started is None else started
         self.budget: dict | None = None  # the budget calibration's record (run.json)
         self.writer = None
+        self.board = Board(None)  # TensorBoard's validation pictures and hparams (rank 0)
         self.data: FoldData | None = None
         self.probe: dict | None = None  # the window the run's "auto" data fields came from
         self.init_record: dict | None = None  # what model.init_from loaded and skipped
@@ -245,6 +248,8 @@ class _Trainer:
             check_resumable(self.config, resume_state, self.last_path)
         self._setup(resume_state)
         self._train(total_steps(self.config, self.max_steps))
+        self.board.hparams(self.config, self.state.step, self.state.best_score)
+        self.board.close()
         ddp.barrier(self.info)
         return self._summary(
             self.state.step, self.state.best_score, self.state.best_threshold, True
@@ -347,6 +352,7 @@ class _Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir.tensorboard))
+        self.board = Board(self.writer)
 
     def _write_run_files(self) -> None:
         before = self.run_dir.record()
@@ -485,7 +491,7 @@ class _Trainer:
 
     # -- validation ----------------------------------------------------------------------------
     def _validate(self, epoch: int) -> dict[str, float]:
-        """Held-out F0.5 (rank 0); a better score writes best.pt and the OOF maps."""
+        """Held-out F0.5 and loss (rank 0); a better score writes best.pt and the OOF maps."""
         if not self.info.is_main:
             return {}
         model = self.stepper.inference_model()
@@ -499,9 +505,7 @@ class _Trainer:
                 "config": config_to_dict(self.config), "model": model.state_dict(),
                 "step": s.step, "epoch": epoch, "score": v.score, "threshold": v.threshold,
             })  # fmt: skip
-        if self.writer is not None:
-            self.writer.add_scalar("val/f05", v.score, s.step)
-            self.writer.add_scalar("val/threshold", v.threshold, s.step)
+        self.board.validation(s.step, v, self.config, self.data)
         if self.log_images:
             write_previews(
                 self.run_dir.report, epoch, config=self.config, data=self.data, maps=v.maps,
@@ -510,7 +514,7 @@ class _Trainer:
         # a message, not progress: printed with --no-progress too (above a terminal's bar)
         tqdm.write(f"epoch {epoch} step {s.step}: held-out F0.5 {v.score:.4f} at threshold "
                    f"{v.threshold:.3f} (best {s.best_score:.4f})")  # fmt: skip
-        return {"f05": v.score, "threshold": v.threshold}
+        return {"f05": v.score, "threshold": v.threshold, "val_loss": v.loss["total"]}
 
     # -- output --------------------------------------------------------------------------------
     def _header(self, model: torch.nn.Module) -> None:

@@ -1,6 +1,8 @@
-"""Preview pictures for `train --log-images` (BGR uint8 arrays; the loop writes them to report/).
+"""Preview pictures (BGR uint8 arrays): `train --log-images` writes them to report/, and the
+validation's go to TensorBoard (val/preview, kit/train/tensorboard.py).
 
-validation_preview: held-out rows of one fragment: middle input slice | label | prediction
+validation_preview: held-out rows of one fragment: middle input slice | label | prediction;
+                    fragment_panels: its first two, which no validation changes
 training_preview:   up to 4 augmented training tiles: input | label | prediction, with any
                     prompt points drawn green (inside ink) or red (outside)
 """
@@ -30,18 +32,24 @@ def _row(panels: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([x for p in out for x in (p, gap)][:-1], axis=1)
 
 
-def _fit(picture: np.ndarray) -> np.ndarray:
-    if picture.shape[1] <= MAX_WIDTH:
-        return picture
-    scale = MAX_WIDTH / picture.shape[1]
-    size = (MAX_WIDTH, max(round(picture.shape[0] * scale), 1))
-    return cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+def _narrow(image: np.ndarray, width: int) -> np.ndarray:
+    """`image` shrunk (area-averaged) to at most `width` pixels wide, aspect kept."""
+    if image.shape[1] <= width:
+        return image
+    size = (width, max(round(image.shape[0] * width / image.shape[1]), 1))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def validation_preview(
-    fragment: Fragment, config: Config, prob: np.ndarray, ranges: list[tuple[int, int]]
-) -> np.ndarray:
-    """Rows min(r0)..max(r1) of `fragment`: input slice, label, `prob` (uint8 H×W)."""
+def _panel_width(max_width: int) -> int:
+    return (max_width - 8) // 3  # three panels and two 4-pixel gaps
+
+
+def fragment_panels(
+    fragment: Fragment, config: Config, ranges: list[tuple[int, int]], *, max_width: int = MAX_WIDTH
+) -> list[np.ndarray]:
+    """The panels of validation_preview that no validation changes: rows min(r0)..max(r1) of
+    the input slice (stretched) and the label, uint8, shrunk to fit a picture `max_width` wide.
+    Worth keeping: reading them costs a slice and the label image, the rest is a resize."""
     r0, r1 = min(r for r, _ in ranges), max(r for _, r in ranges)
     if config.data.input_mode == "ir" and fragment.has_ir:
         image = fragment.ir()[r0:r1]
@@ -49,10 +57,28 @@ def validation_preview(
         z = (config.data.z_start + config.data.z_end) // 2
         image = fragment.read(z, z + 1, slice(r0, r1))[0]
     labels = fragment.labels()
-    label = (
-        (labels[r0:r1] * 255).astype(np.uint8) if labels is not None else np.zeros_like(prob[r0:r1])
-    )
-    return _fit(_row([_to_u8(image.astype(np.float32)), label, prob[r0:r1]]))
+    label = np.zeros((r1 - r0, fragment.shape[1]), np.uint8)
+    if labels is not None:
+        label = (labels[r0:r1] * 255).astype(np.uint8)
+    width = _panel_width(max_width)
+    return [_to_u8(_narrow(image.astype(np.float32), width)), _narrow(label, width)]
+
+
+def validation_preview(
+    fragment: Fragment,
+    config: Config,
+    prob: np.ndarray,
+    ranges: list[tuple[int, int]],
+    *,
+    max_width: int = MAX_WIDTH,
+    panels: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Rows min(r0)..max(r1) of `fragment`: input slice, label, `prob` (uint8 H×W), at most
+    `max_width` wide; `panels`: fragment_panels' for the same max_width (read when None)."""
+    r0, r1 = min(r for r, _ in ranges), max(r for _, r in ranges)
+    if panels is None:
+        panels = fragment_panels(fragment, config, ranges, max_width=max_width)
+    return _row([*panels, _narrow(prob[r0:r1], _panel_width(max_width))])
 
 
 def training_preview(

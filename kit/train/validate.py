@@ -1,11 +1,13 @@
 """Validation during training: stitch every held-out region, F0.5 at the best threshold.
 
-    validate(model, config, data, device=...) -> Validation(score, threshold, maps)
+    validate(model, config, data, device=...) -> Validation(score, threshold, loss, maps)
     write_previews(folder, epoch, ...)          the `--log-images` pictures of one validation
 
 The score comes from the global counts of all held-out pixels inside the papyrus mask and outside
 any ignore mask (`Fragment.scored`; never an average of per-tile scores); the trainer keeps
-best.pt and the OOF maps of the best one.
+best.pt and the OOF maps of the best one. The held-out loss is the training loss's BCE, Dice and
+focal terms of the same stitched map over the same pixels, from their counts per 8-bit level
+(kit.models.losses.level_loss): no forward beyond the stitching, no augmentation.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ if TYPE_CHECKING:
 class Validation:
     score: float  # held-out F0.5 at `threshold`
     threshold: float
+    loss: dict[str, float]  # held-out loss: "total" and the parts (level_loss)
     maps: dict[str, np.ndarray]  # fragment id -> uint8 probability on its held-out rows, 0 else
 
 
 def validate(model: torch.nn.Module, config: Config, data: FoldData, *, device: str) -> Validation:
     """Predict the held-out rows of `data.val` with `model` (left in training mode after)."""
     from kit.infer.stitch import predict_fragment
-    from kit.metrics import best_threshold
+    from kit.metrics import LevelHistogram
+    from kit.models.losses import level_loss
 
     model.eval()
-    maps, probs, targets = {}, [], []
+    maps, counts = {}, LevelHistogram()
     for fragment, ranges in zip(data.val, data.val_rows, strict=True):
         full = np.zeros(fragment.shape, dtype=np.uint8)
         keep = np.zeros(fragment.shape[0], dtype=bool)
@@ -53,11 +57,11 @@ def validate(model: torch.nn.Module, config: Config, data: FoldData, *, device: 
             raise KitError(f"{fragment.files.labels} is missing: cannot validate")
         inside = fragment.scored() & keep[:, None]
         maps[fragment.id] = full
-        probs.append(full[inside])
-        targets.append(labels[inside])
+        counts.add(LevelHistogram.of(full, labels, mask=inside))
     model.train()
-    threshold, score = best_threshold(np.concatenate(probs), np.concatenate(targets))
-    return Validation(float(score), float(threshold), maps)
+    threshold, score = counts.best()  # = best_threshold of all the scored pixels at once
+    loss = level_loss(counts.pos, counts.neg, config=config.loss)
+    return Validation(float(score), float(threshold), loss, maps)
 
 
 def write_previews(

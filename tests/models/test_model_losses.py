@@ -1,10 +1,12 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kit.config import LossConfig
+from kit.metrics import LevelHistogram
 from kit.models import ModelOutput
-from kit.models.losses import mask_iou, segmentation_loss
+from kit.models.losses import level_loss, mask_iou, segmentation_loss
 
 
 def test_parts_and_total_follow_the_weights():
@@ -59,3 +61,30 @@ def test_keyword_only():
         segmentation_loss(
             ModelOutput(torch.zeros(1, 1, 2, 2)), torch.zeros(1, 1, 2, 2), LossConfig()
         )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [LossConfig(), LossConfig(bce=0.5, dice=2.0, focal=1.5, focal_alpha=0.25, label_smoothing=0.1)],
+)
+def test_level_loss_is_segmentation_loss_of_the_pixels(config):
+    """The held-out loss of a validation, from the map's level counts, is the training loss of
+    its scored pixels taken as one batch (probability k/255, kept half a level off 0 and 1)."""
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 256, (40, 50)).astype(np.uint8)
+    levels[:3] = 0  # confident misses and hits at both ends
+    levels[-3:] = 255
+    labels = (rng.random((40, 50)) < levels / 300).astype(np.uint8)
+    labels[0, :10] = labels[-1, :10] = 1
+    scored = rng.random((40, 50)) < 0.7
+    prob = torch.from_numpy(levels / 255).clamp(0.5 / 255, 254.5 / 255)
+    output = ModelOutput(torch.logit(prob)[None, None])
+    target = torch.from_numpy(labels).double()[None, None]
+    valid = torch.from_numpy(scored).double()[None, None]
+    expected = segmentation_loss(output, target, config=config, valid=valid)
+    h = LevelHistogram.of(levels, labels, mask=scored)
+    got = level_loss(h.pos, h.neg, config=config)
+    assert set(got) == {"total", "bce", "dice", "focal"}
+    for k, v in got.items():
+        assert v == pytest.approx(float(expected[k]), rel=1e-5), k
+    assert got["total"] > 0.1

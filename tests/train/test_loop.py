@@ -19,6 +19,7 @@ from kit.checkpoint import load_checkpoint, model_from_checkpoint
 from kit.config import load_config
 from kit.data.fragment import Fragment
 from kit.errors import KitError
+from kit.run import RunDir
 from kit.train.loop import lr_factor, train_fold
 from kit.train.step import Stepper
 
@@ -191,3 +192,82 @@ def test_logged_lr_is_the_heads_under_layer_decay(demo_dir, tmp_path):
     # After 3 scheduler steps the head (lr_scale 1) is at train.lr × schedule, not the
     # lowest layer's train.lr × 0.5^L.
     assert float(row["lr"]) == pytest.approx(1e-3 * lr_factor(3, warmup=1, total=6))
+
+
+def _events(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    return events.Reload()
+
+
+def test_tensorboard_shows_held_out_loss_previews_and_hparams(demo_dir, tmp_path, monkeypatch):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from kit.train import board
+
+    read = []  # the fixed panels of a preview are read once per fragment, not per validation
+    panels = board.fragment_panels
+    monkeypatch.setattr(board, "fragment_panels", lambda f, *a, **k: read.append(f.id) or panels(f, *a, **k))  # fmt: skip
+    out = tmp_path / "run"
+    summary = _train(demo_dir, out)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    events = _events(out / "tensorboard")
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+               for tag in events.Tags()["scalars"]}  # fmt: skip
+    # two validations (steps 3 and 6): the held-out loss and F0.5 of metrics.csv
+    for tag, column in (("val/loss", "val_loss"), ("val/f05", "f05")):
+        assert [s for s, _ in scalars[tag]] == [3, 6], tag
+        assert [v for _, v in scalars[tag]] == pytest.approx([float(r[column]) for r in rows])
+    assert all(0 < float(r["val_loss"]) < 10 for r in rows)
+    assert "val/loss_bce" in scalars and "val/loss_dice" in scalars
+    assert "val/loss_focal" not in scalars  # loss.focal is 0: no term, no curve
+    held_out = sorted({r.fragment for r in RunDir(out).regions()})
+    assert events.Tags()["images"] == [f"val/preview/{fid}" for fid in held_out]
+    for fid in held_out:
+        images = events.Images(f"val/preview/{fid}")
+        assert [i.step for i in images] == [3, 6]
+        picture = cv2.imdecode(np.frombuffer(images[-1].encoded_image_string, np.uint8), 1)
+        assert picture.shape[1] == images[-1].width <= board.PREVIEW_WIDTH
+    assert sorted(read) == held_out
+    # hparams: the resolved config's main fields and the best held-out F0.5
+    assert scalars[board.BEST] == [(6, pytest.approx(summary["best_f05"]))]
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+              for k, v in start.hparams.items()}  # fmt: skip
+    assert set(values) == set(board.HPARAMS)
+    assert values["model.family"] == "unet" and values["data.tile"] == 32
+    assert values["train.lr"] == pytest.approx(1e-3) and values["name"] == "cpu-demo-unet"
+
+
+def test_validation_scores_all_held_out_pixels_at_once(demo_dir):
+    """The F0.5 and threshold of a validation are best_threshold's over every scored held-out
+    pixel of its maps (as before the loss was added), and its loss is level_loss's of them."""
+    from kit.metrics import best_threshold
+    from kit.models import build_model
+    from kit.models.losses import segmentation_loss
+    from kit.models.output import ModelOutput
+    from kit.train.loop import load_fold_data
+    from kit.train.validate import validate
+
+    config = _config("data.reverse=false")
+    torch.manual_seed(0)
+    data = load_fold_data(demo_dir, 0, demo_dir / "folds.csv", progress=False)
+    v = validate(build_model(config), config, data, device="cpu")
+    probs, labels = [], []
+    for fragment, ranges in zip(data.val, data.val_rows, strict=True):
+        keep = np.zeros(fragment.shape, bool)
+        for r0, r1 in ranges:
+            keep[r0:r1] = True
+        inside = keep & fragment.scored()
+        probs.append(v.maps[fragment.id][inside])
+        labels.append(fragment.labels()[inside])
+    threshold, score = best_threshold(np.concatenate(probs), np.concatenate(labels))
+    assert (v.threshold, v.score) == (threshold, score)
+    prob = torch.from_numpy(np.concatenate(probs) / 255).clamp(0.5 / 255, 254.5 / 255)
+    target = torch.from_numpy(np.concatenate(labels)).double()
+    expected = segmentation_loss(ModelOutput(torch.logit(prob)[None, None, None]),
+                                 target[None, None, None], config=config.loss)  # fmt: skip
+    assert v.loss["total"] == pytest.approx(float(expected["total"]), rel=1e-5)
