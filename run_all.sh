@@ -14,6 +14,11 @@
 #   CPU_JOBS        trainings at once without a GPU (default: the number of cores)
 #   DEMO_SCALE      size of the generated demo data relative to the real fragments (1/16)
 #   TRAIN_ARGS      extra arguments for every `kit train` call, e.g. "--max-steps 20"
+#   SUBMIT_ARGS     extra arguments for `kit submit` (the threshold policy), e.g. "--percentile 5"
+#                   or "--threshold 0.4 --min-area 50"; default: the out-of-fold threshold
+#   SELF_TRAIN_ROUNDS  rounds of pseudo-label self-training after the first (default 0; below)
+#   SELF_TRAIN_DATA    the unlabelled fragments whose maps become pseudo-labels (default: test/)
+#   PSEUDO_ARGS        extra arguments for `kit pseudo-label`, e.g. "--ink 0.9 --background 0.1"
 #   TIME_BUDGET     minutes for the whole pipeline: every `kit train` gets `--budget B` and sets
 #                   its own step count to fit B (it times its steps; epochs stay the validations).
 #                   B = 85 % of TIME_BUDGET / waves, waves = ceil(runs / trainings at once); the
@@ -31,6 +36,10 @@ OUT_DIR=${OUT_DIR:-outputs}
 FOLDS=${FOLDS:-folds.csv}
 SAM_CHECKPOINT=${SAM_CHECKPOINT:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+SUBMIT_ARGS=${SUBMIT_ARGS:-}
+SELF_TRAIN_ROUNDS=${SELF_TRAIN_ROUNDS:-0}
+SELF_TRAIN_DATA=${SELF_TRAIN_DATA:-}
+PSEUDO_ARGS=${PSEUDO_ARGS:-}
 DEMO_SCALE=${DEMO_SCALE:-0.0625}
 STEP="setup"
 trap 'echo "run_all.sh: step \"$STEP\" failed (exit $?); fix it and rerun: finished steps are kept." >&2' ERR
@@ -47,6 +56,8 @@ number='^[0-9]+([.][0-9]*)?$'
 [ -z "${CPU_JOBS:-}" ] || [[ $CPU_JOBS =~ ^[1-9][0-9]*$ ]] || bad "CPU_JOBS must be a whole number of trainings at once (1 or more), got '$CPU_JOBS'"
 [[ $DEMO_SCALE =~ $number ]] && LC_ALL=C awk -v s="$DEMO_SCALE" 'BEGIN { exit !(s > 0) }' || bad "DEMO_SCALE must be a positive number (the real fragments' size = 1), got '$DEMO_SCALE'"
 [ -z "${TIME_BUDGET:-}" ] || [[ $TIME_BUDGET =~ $number ]] || bad "TIME_BUDGET must be minutes (a number), got '$TIME_BUDGET'"
+[[ $SELF_TRAIN_ROUNDS =~ ^[0-9]+$ ]] || bad "SELF_TRAIN_ROUNDS must be a whole number of rounds (0 = no self-training), got '$SELF_TRAIN_ROUNDS'"
+[ -z "$SELF_TRAIN_DATA" ] || [ -d "$SELF_TRAIN_DATA" ] || bad "SELF_TRAIN_DATA must be a folder of unlabelled fragments, got '$SELF_TRAIN_DATA'"
 if [ -z "${NGPUS:-}" ]; then
   NGPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 fi
@@ -76,10 +87,10 @@ fi
 
 FOLD_IDS=$("$PY" - "$FOLDS" <<'PY'
 import sys
-from kit.data.folds import load_folds
+from kit.data.folds import folds_of, load_folds
 from kit.errors import KitError
 try:
-    print(" ".join(map(str, sorted({r.fold for r in load_folds(sys.argv[1])}))))
+    print(" ".join(map(str, folds_of(load_folds(sys.argv[1])))))
 except KitError as exc:
     sys.exit(f"error: {exc}")
 PY
@@ -87,28 +98,41 @@ PY
 
 # Where the ink is: the window every "auto" preset trains on (each fold probes its own
 # training rows again, so held-out labels never choose its window; this is the overview).
+# kit probe keeps its probe.json when the fragments' files are the ones it read.
 step "probe ($OUT_DIR/probe)"
-if [ -f "$OUT_DIR/probe/probe.json" ] && [ "$(cat "$OUT_DIR/probe/data" 2>/dev/null)" = "$DATA_DIR" ]; then
-  echo "exists, kept: $("$PY" -c "import json, sys; w = json.load(open(sys.argv[1]))['window']; print(f'ink window slices {w[0]}..{w[1] - 1}')" "$OUT_DIR/probe/probe.json")"
-else
-  "$PY" -m kit probe --data "$DATA_DIR" --out "$OUT_DIR/probe"
-  echo "$DATA_DIR" >"$OUT_DIR/probe/data"
+"$PY" -m kit probe --data "$DATA_DIR" --out "$OUT_DIR/probe"
+
+# Several trainings at once: one per GPU, or CPU_JOBS on a CPU (the demo presets use one torch
+# thread each, so two cores train two folds side by side). Jobs log to <run>.log.
+if [ "$NGPUS" -gt 0 ]; then SLOTS=$NGPUS; else SLOTS=${CPU_JOBS:-$(nproc)}; fi
+N_RUNS=$((${#MEMBERS[@]} * $(wc -w <<<"$FOLD_IDS")))
+
+# TIME_BUDGET -> the same --budget for every run (from the budget, runs and slots only: stable).
+TIME_BUDGET=${TIME_BUDGET:-}
+BUDGET_ARGS=()
+explicit=' --(max-steps|budget)[ =]'
+own_budget=' --budget[ =]'
+if [ -z "$TIME_BUDGET" ] && [ "$NGPUS" -eq 0 ] && ! [[ " $TRAIN_ARGS " =~ $explicit ]]; then
+  TIME_BUDGET=9
 fi
-
-RUNS=()
-for config in "${MEMBERS[@]}"; do
-  name=$(basename "${config%.y*ml}")
-  for fold in $FOLD_IDS; do RUNS+=("$OUT_DIR/runs/$name/fold$fold"); done
-done
-
+if [ -n "$TIME_BUDGET" ]; then
+  if [[ " $TRAIN_ARGS " =~ $own_budget ]]; then
+    echo "time budget: TRAIN_ARGS sets --budget itself; TIME_BUDGET=$TIME_BUDGET not applied"
+  elif LC_ALL=C awk -v t="$TIME_BUDGET" 'BEGIN { exit !(t > 0) }'; then
+    WAVES=$((($N_RUNS + SLOTS - 1) / SLOTS))
+    RUN_BUDGET=$(LC_ALL=C awk -v t="$TIME_BUDGET" -v w="$WAVES" 'BEGIN { printf "%.2f", 0.85 * t / w }')
+    BUDGET_ARGS=(--budget "$RUN_BUDGET")
+    echo "time budget $TIME_BUDGET min: --budget $RUN_BUDGET min per run ($N_RUNS runs, $SLOTS at a time = $WAVES waves; 15 % kept for the rest; $(($(date +%s) - START)) s elapsed so far)"
+  fi
+fi
 # One `kit train` per (member, fold). The run decides from its provenance (run.json: requested
 # config, fold, folds, data files, starting weights, kit version; kit/train/rerun.py): the same
 # inputs finish at once (before torch loads) or resume from last.pt; any other input (config,
 # TRAIN_ARGS, an edited preset, new data or weights) trains it again from scratch (--overwrite),
 # so a rerun gives what a fresh run gives.
 train_command() {
-  local config=$1 fold=$2 run=$3
-  TRAIN=(--data "$DATA_DIR" --fold "$fold" --config "$config" --folds "$FOLDS" --out "$run"
+  local data=$1 folds=$2 config=$3 fold=$4 run=$5
+  TRAIN=(--data "$data" --fold "$fold" --config "$config" --folds "$folds" --out "$run"
     --resume --overwrite)
   [ -n "$SAM_CHECKPOINT" ] && TRAIN+=(--sam-checkpoint "$SAM_CHECKPOINT")
   # shellcheck disable=SC2206
@@ -125,84 +149,108 @@ train_one() {
   fi
 }
 
-# Several trainings at once: one per GPU, or CPU_JOBS on a CPU (the demo presets use one torch
-# thread each, so two cores train two folds side by side). Jobs log to <run>.log.
-if [ "$NGPUS" -gt 0 ]; then SLOTS=$NGPUS; else SLOTS=${CPU_JOBS:-$(nproc)}; fi
+# One round: every (member, fold) of DATA under FOLDS trained into OUT/runs, their out-of-fold
+# evaluation, the ensemble on the test fragments, OUT/submission.csv and OUT/report.
+ensemble_round() {
+  local data=$1 folds=$2 out=$3 label=$4 submission=$3/submission.csv
+  RUNS=()
+  for config in "${MEMBERS[@]}"; do
+    name=$(basename "${config%.y*ml}")
+    for fold in $FOLD_IDS; do RUNS+=("$out/runs/$name/fold$fold"); done
+  done
+  PIDS=() NAMES=() LOGS=()
+  reap_oldest() {
+    local pid=${PIDS[0]} name=${NAMES[0]} log=${LOGS[0]}
+    PIDS=("${PIDS[@]:1}") NAMES=("${NAMES[@]:1}") LOGS=("${LOGS[@]:1}")
+    if ! wait "$pid"; then
+      tail -n 5 "$log" >&2
+      echo "run_all.sh: step \"train $name\" failed; full log: $log" >&2
+      [ "${#PIDS[@]}" -eq 0 ] || kill "${PIDS[@]}" 2>/dev/null || true
+      exit 1
+    fi
+    echo "  $(tail -n 1 "$log")"
+  }
 
-# TIME_BUDGET -> the same --budget for every run (from the budget, runs and slots only: stable).
-TIME_BUDGET=${TIME_BUDGET:-}
-BUDGET_ARGS=()
-explicit=' --(max-steps|budget)[ =]'
-own_budget=' --budget[ =]'
-if [ -z "$TIME_BUDGET" ] && [ "$NGPUS" -eq 0 ] && ! [[ " $TRAIN_ARGS " =~ $explicit ]]; then
-  TIME_BUDGET=9
-fi
-if [ -n "$TIME_BUDGET" ]; then
-  if [[ " $TRAIN_ARGS " =~ $own_budget ]]; then
-    echo "time budget: TRAIN_ARGS sets --budget itself; TIME_BUDGET=$TIME_BUDGET not applied"
-  elif LC_ALL=C awk -v t="$TIME_BUDGET" 'BEGIN { exit !(t > 0) }'; then
-    WAVES=$(((${#RUNS[@]} + SLOTS - 1) / SLOTS))
-    RUN_BUDGET=$(LC_ALL=C awk -v t="$TIME_BUDGET" -v w="$WAVES" 'BEGIN { printf "%.2f", 0.85 * t / w }')
-    BUDGET_ARGS=(--budget "$RUN_BUDGET")
-    echo "time budget $TIME_BUDGET min: --budget $RUN_BUDGET min per run (${#RUNS[@]} runs, $SLOTS at a time = $WAVES waves; 15 % kept for the rest; $(($(date +%s) - START)) s elapsed so far)"
+  step "${label}train ${#RUNS[@]} runs, $SLOTS at a time ($([ "$NGPUS" -gt 0 ] && echo "$NGPUS GPU(s)" || echo CPU))"
+  slot=0
+  for config in "${MEMBERS[@]}"; do
+    name=$(basename "${config%.y*ml}")
+    mkdir -p "$out/runs/$name"
+    for fold in $FOLD_IDS; do
+      run="$out/runs/$name/fold$fold"
+      train_command "$data" "$folds" "$config" "$fold" "$run"
+      device=cpu
+      [ "$NGPUS" -gt 0 ] && device=$((slot % NGPUS))
+      if [ "$SLOTS" -le 1 ]; then
+        STEP="train $name fold $fold"
+        train_one "$device" "${TRAIN[@]}"
+        continue
+      fi
+      while [ "${#PIDS[@]}" -ge "$SLOTS" ]; do reap_oldest; done
+      echo "$run: kit train (log: $run.log)"
+      # appended: a rerun that finds the run done adds one line, the training log stays
+      { echo "== $(date '+%F %T') kit train ${TRAIN[*]}"; train_one "$device" "${TRAIN[@]}"; } >>"$run.log" 2>&1 &
+      PIDS+=($!) NAMES+=("$name fold $fold") LOGS+=("$run.log")
+      slot=$((slot + 1))
+    done
+  done
+  while [ "${#PIDS[@]}" -gt 0 ]; do reap_oldest; done
+
+  # With several members their ensemble weights are chosen on the out-of-fold maps, and predict
+  # uses the same weights (kit/weights.py; evaluate also prints a nested estimate of their worth).
+  TUNE=() WEIGHTS=()
+  if [ "${#MEMBERS[@]}" -gt 1 ]; then
+    TUNE=(--tune-weights) WEIGHTS=(--evaluation "$out/evaluation/evaluation.json")
   fi
-fi
-PIDS=() NAMES=() LOGS=()
-reap_oldest() {
-  local pid=${PIDS[0]} name=${NAMES[0]} log=${LOGS[0]}
-  PIDS=("${PIDS[@]:1}") NAMES=("${NAMES[@]:1}") LOGS=("${LOGS[@]:1}")
-  if ! wait "$pid"; then
-    tail -n 5 "$log" >&2
-    echo "run_all.sh: step \"train $name\" failed; full log: $log" >&2
-    [ "${#PIDS[@]}" -eq 0 ] || kill "${PIDS[@]}" 2>/dev/null || true
-    exit 1
-  fi
-  echo "  $(tail -n 1 "$log")"
+
+  step "${label}out-of-fold evaluation"
+  "$PY" -m kit evaluate --runs "${RUNS[@]}" --data "$data" --out "$out/evaluation" "${TUNE[@]}"
+
+  step "${label}ensemble prediction on $DATA_DIR/test"
+  "$PY" -m kit predict --data "$DATA_DIR/test" --runs "${RUNS[@]}" --out "$out/predictions" \
+    "${WEIGHTS[@]}"
+
+  step "${label}submission"
+  # shellcheck disable=SC2086
+  "$PY" -m kit submit --pred "$out/predictions" --data "$DATA_DIR/test" \
+    --evaluation "$out/evaluation/evaluation.json" --out "$submission" $SUBMIT_ARGS
+  "$PY" -m kit validate "$submission" --data "$DATA_DIR/test"
+
+  step "${label}report"
+  "$PY" -m kit report --out "$out" --runs "${RUNS[@]}" --seconds "$(($(date +%s) - START))"
 }
 
-step "train ${#RUNS[@]} runs, $SLOTS at a time ($([ "$NGPUS" -gt 0 ] && echo "$NGPUS GPU(s)" || echo CPU))"
-slot=0
-for config in "${MEMBERS[@]}"; do
-  name=$(basename "${config%.y*ml}")
-  mkdir -p "$OUT_DIR/runs/$name"
-  for fold in $FOLD_IDS; do
-    run="$OUT_DIR/runs/$name/fold$fold"
-    train_command "$config" "$fold" "$run"
-    device=cpu
-    [ "$NGPUS" -gt 0 ] && device=$((slot % NGPUS))
-    if [ "$SLOTS" -le 1 ]; then
-      STEP="train $name fold $fold"
-      train_one "$device" "${TRAIN[@]}"
-      continue
+# Self-training (SELF_TRAIN_ROUNDS=N): after each round, the ensemble's maps of the unlabelled
+# fragments (SELF_TRAIN_DATA, default the test fragments) become pseudo-labels (`kit
+# pseudo-label`: confident ink and papyrus, the band between ignored; PSEUDO_ARGS, e.g.
+# "--ink 0.9 --background 0.1") in a dataset that links DATA_DIR's labelled fragments, and the
+# next round trains on it under OUT_DIR/self_train/roundR. The last round's submission is the one
+# in OUT_DIR (round 0's is kept in OUT_DIR/self_train/round0; OUT_DIR/report is round 0's).
+# Pseudo-labels are rewritten only when they change, so a rerun keeps every round.
+if [ "$SELF_TRAIN_ROUNDS" -eq 0 ]; then
+  ensemble_round "$DATA_DIR" "$FOLDS" "$OUT_DIR" ""
+else
+  ensemble_round "$DATA_DIR" "$FOLDS" "$OUT_DIR" "round 0: "
+  mkdir -p "$OUT_DIR/self_train/round0"
+  cp "$OUT_DIR/submission.csv" "$OUT_DIR/self_train/round0/submission.csv"
+  previous=$OUT_DIR
+  for round in $(seq 1 "$SELF_TRAIN_ROUNDS"); do
+    here="$OUT_DIR/self_train/round$round"
+    pred="$previous/predictions"
+    PSEUDO=(--pred "$pred" --data "$DATA_DIR" --folds "$FOLDS" --out "$here/data")
+    if [ -n "$SELF_TRAIN_DATA" ]; then
+      step "round $round: ensemble of round $((round - 1)) on $SELF_TRAIN_DATA"
+      pred="$previous/unlabelled_predictions"
+      "$PY" -m kit predict --data "$SELF_TRAIN_DATA" --runs "${RUNS[@]}" --out "$pred" "${WEIGHTS[@]}"
+      PSEUDO=(--pred "$pred" --data "$DATA_DIR" --unlabelled "$SELF_TRAIN_DATA" --folds "$FOLDS" --out "$here/data")
     fi
-    while [ "${#PIDS[@]}" -ge "$SLOTS" ]; do reap_oldest; done
-    echo "$run: kit train (log: $run.log)"
-    # appended: a rerun that finds the run done adds one line, the training log stays
-    { echo "== $(date '+%F %T') kit train ${TRAIN[*]}"; train_one "$device" "${TRAIN[@]}"; } >>"$run.log" 2>&1 &
-    PIDS+=($!) NAMES+=("$name fold $fold") LOGS+=("$run.log")
-    slot=$((slot + 1))
+    step "round $round: pseudo-labels from $pred"
+    # shellcheck disable=SC2086
+    "$PY" -m kit pseudo-label "${PSEUDO[@]}" $PSEUDO_ARGS
+    ensemble_round "$here/data" "$here/data/folds.csv" "$here" "round $round: "
+    previous=$here
   done
-done
-while [ "${#PIDS[@]}" -gt 0 ]; do reap_oldest; done
-
-# With several members their ensemble weights are chosen on the out-of-fold maps, and predict
-# uses the same weights (kit/weights.py; evaluate also prints a nested estimate of their worth).
-TUNE=() WEIGHTS=()
-if [ "${#MEMBERS[@]}" -gt 1 ]; then
-  TUNE=(--tune-weights) WEIGHTS=(--evaluation "$OUT_DIR/evaluation/evaluation.json")
+  cp "$here/submission.csv" "$OUT_DIR/.submission.csv.partial"
+  mv "$OUT_DIR/.submission.csv.partial" "$OUT_DIR/submission.csv"
+  echo "submission of round $SELF_TRAIN_ROUNDS: $OUT_DIR/submission.csv (round 0's: $OUT_DIR/self_train/round0/submission.csv)"
 fi
-
-step "out-of-fold evaluation"
-"$PY" -m kit evaluate --runs "${RUNS[@]}" --data "$DATA_DIR" --out "$OUT_DIR/evaluation" "${TUNE[@]}"
-
-step "ensemble prediction on $DATA_DIR/test"
-"$PY" -m kit predict --data "$DATA_DIR/test" --runs "${RUNS[@]}" --out "$OUT_DIR/predictions" \
-  "${WEIGHTS[@]}"
-
-step "submission"
-"$PY" -m kit submit --pred "$OUT_DIR/predictions" --data "$DATA_DIR/test" \
-  --evaluation "$OUT_DIR/evaluation/evaluation.json" --out "$OUT_DIR/submission.csv"
-"$PY" -m kit validate "$OUT_DIR/submission.csv" --data "$DATA_DIR/test"
-
-step "report"
-"$PY" -m kit report --out "$OUT_DIR" --runs "${RUNS[@]}" --seconds "$(($(date +%s) - START))"

@@ -361,7 +361,7 @@ def train_step(preset: str, data: Path, args, s: dict) -> dict:
         t0 = time.perf_counter()
         batch = next(loader)
         t1 = time.perf_counter()
-        xb, yb = trainer.stepper.prepare(batch)
+        xb, yb, _ = trainer.stepper.prepare(batch)
         sync(device)
         t2 = time.perf_counter()
         trainer.stepper.optimise(xb, yb)

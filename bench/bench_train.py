@@ -64,7 +64,7 @@ def bench(config, data_dir: Path, folds: Path, out: Path, *, steps: int, warmup:
         t0 = time.perf_counter()
         batch = next(loader)
         t1 = time.perf_counter()
-        x, y = trainer.stepper.prepare(batch)
+        x, y, _ = trainer.stepper.prepare(batch)
         t2 = time.perf_counter()
         trainer.stepper.optimise(x, y)
         t3 = time.perf_counter()

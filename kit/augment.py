@@ -1,7 +1,7 @@
 """Batched augmentation on the device, after normalisation: `augment_batch(x, y, ...)`.
 
     x  float32 (B, C, T, T)   normalised slices (channels = depth)
-    y  float32 (B, 1, T, T)   ink labels in {0, 1}
+    y  float32 (B, K, T, T)   ink labels in {0, 1} (K = 1; 2 with the ignore mask beside them)
 
 Every transform draws its own per-sample parameters from one `torch.Generator`, so a batch is
 augmented the same way for the same generator state (resume reproduces the next batch) and
@@ -34,7 +34,7 @@ from kit.config import AugmentConfig
 def augment_batch(
     x: torch.Tensor, y: torch.Tensor, *, config: AugmentConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augmented copies of x (B, C, T, T) and y (B, 1, T, T); see the module docstring."""
+    """Augmented copies of x (B, C, T, T) and y (B, K, T, T); see the module docstring."""
     g = generator
     x, y = x.clone(), y.clone()  # the transforms below work in place
     x, y = random_flip(x, y, p=config.p_flip, generator=g)

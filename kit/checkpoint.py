@@ -3,20 +3,23 @@
 A checkpoint is a dict with at least
     "config": config_to_dict(config)   the resolved Config (model + preprocessing + ...)
     "model":  state_dict               the weights inference should use (EMA weights if EMA is on)
+    "versions": kit.versions.versions()  the kit, python, torch, timm, ... it was saved with
 and, for `last.pt`, whatever training needs to resume (optimizer, scheduler, scaler, RNG, step).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kit.config import Config, ConfigError, config_from_dict
-from kit.errors import KitError
+from kit.errors import KitError, KitWarning
 from kit.io import write_torch
+from kit.versions import version_differences, versions
 
 
 class CheckpointError(KitError):
@@ -27,8 +30,9 @@ def save_checkpoint(
     path: str | os.PathLike, state: dict[str, Any], *, keep_previous: Path | None = None
 ) -> None:
     """Write `state` to `path` atomically: a crash at any moment leaves the old file or the new
-    (and, with `keep_previous`, the one it replaced under that name)."""
-    write_torch(path, state, keep_previous=keep_previous)
+    (and, with `keep_previous`, the one it replaced under that name). The versions of this
+    environment are recorded in it (`"versions"`)."""
+    write_torch(path, {**state, "versions": versions()}, keep_previous=keep_previous)
 
 
 def load_checkpoint(
@@ -50,7 +54,25 @@ def load_checkpoint(
             f"{path} is not an inkkit checkpoint (no 'config'/'model'); for Meta SAM weights "
             "use `train --sam-checkpoint`"
         )
+    _warn_versions(path, state.get("versions"))
     return state
+
+
+_warned: set[tuple[str, ...]] = set()  # each difference once per process, not once per member
+
+
+def _warn_versions(path: Path, saved: dict | None) -> None:
+    """A KitWarning when the checkpoint was saved under other package versions than these."""
+    differences = tuple(version_differences(saved))
+    if differences and differences not in _warned:
+        _warned.add(differences)
+        warnings.warn(
+            f"{path} was saved with other versions ({'; '.join(differences)}); its model is "
+            "rebuilt with the code installed here, which may differ: install the versions it "
+            "names if its predictions look wrong",
+            KitWarning,
+            stacklevel=3,
+        )
 
 
 def checkpoint_config(state: dict, path: str | os.PathLike = "checkpoint") -> Config:

@@ -4,12 +4,13 @@
     evaluate_runs(runs)           -> Evaluation      per fold/member histograms -> scores
     draw_pictures(evaluation, runs, out)             overlays (TP/FP/FN) and threshold plots
 
-Each run directory holds oof/<fragment>.png (uint8 probability on its held-out rows) and
+Each run directory holds oof/<fragment>.png or .tif (uint8 probability on its held-out rows) and
 oof/regions.csv (the held-out regions). Runs of the same fold from different model families are
 averaged with the same arithmetic as `predict` (kit.infer.ensemble.mean_maps). Scores come from
 global TP/FP/FN counts: per fold over its regions, pooled over all regions of all folds. Each
 map is reduced to a kit.metrics.LevelHistogram (ink / no ink by 8-bit level) of its held-out
-papyrus pixels, so every threshold k/255 is scored at once and pooling is a sum.
+papyrus pixels outside any ignore mask (Fragment.scored), so every threshold k/255 is scored at
+once and pooling is a sum.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def fold_maps(
                 if r.fragment == fragment_id:
                     r0, r1 = r.rows(fragment.shape[0])
                     scored[r0:r1] = True
-            scored &= fragment.mask()
+            scored &= fragment.scored()  # papyrus outside the ignore mask
             maps = {
                 name: _read_oof(run, fragment) for name, run in zip(names, members, strict=True)
             }
@@ -139,15 +140,15 @@ def _read_oof(run: OOFRun, fragment: Fragment) -> np.ndarray:
 
 def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
     """Histogram every fold's member and ensemble OOF maps over its held-out papyrus pixels."""
-    from tqdm import tqdm
+    from kit.progress import progress_bar
 
     if not runs:
         raise KitError("no run directories to evaluate")
     folds: dict[int, dict[str, LevelHistogram]] = {}
     members: list[str] = []
     n_items = len({(run.fold, r.fragment) for run in runs for r in run.regions})
-    for fold, fragment, scored, maps, ensemble in tqdm(
-        fold_maps(runs), desc="evaluate", unit="fragment", disable=not progress, total=n_items
+    for fold, fragment, scored, maps, ensemble in progress_bar(
+        fold_maps(runs), desc="evaluate", unit="fragment", enabled=progress, total=n_items
     ):
         labels = fragment.labels()
         if labels is None:
@@ -162,6 +163,16 @@ def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
     return Evaluation(folds, members)
 
 
+def overlay_picture(out: Path, fold: int, fragment_id: str) -> Path:
+    """Where draw_pictures puts fold `fold`'s overlay of a fragment (the report reads it)."""
+    return out / f"fold{fold}_{fragment_id}_overlay.png"
+
+
+def threshold_picture(out: Path, fold: int | None = None) -> Path:
+    """Where draw_pictures puts a fold's F0.5-against-threshold plot (None: the pooled one)."""
+    return out / ("threshold_f05.png" if fold is None else f"fold{fold}_threshold.png")
+
+
 def draw_pictures(evaluation: Evaluation, runs: list[OOFRun], out: Path) -> list[Path]:
     """Per fold: OOF overlays at the pooled threshold and a threshold-vs-F0.5 plot; a pooled plot."""
     from kit.metrics import binarize
@@ -173,19 +184,19 @@ def draw_pictures(evaluation: Evaluation, runs: list[OOFRun], out: Path) -> list
     for fold, fragment, scored, _, ensemble in fold_maps(runs):
         labels = fragment.labels()
         image = oof_overlay(binarize(ensemble, threshold), labels, fragment.mask(), scored=scored)
-        path = out / f"fold{fold}_{fragment.id}_overlay.png"
+        path = overlay_picture(out, fold, fragment.id)
         write_png(path, image)
         written.append(path)
     for fold, scores in evaluation.folds.items():
-        path = out / f"fold{fold}_threshold.png"
+        path = threshold_picture(out, fold)
         curves = {name: (THRESHOLDS, s.curve()) for name, s in scores.items()}
         threshold_plot(curves, threshold, path, title=f"fold {fold}")
         written.append(path)
     curves = {f"fold {f}": (THRESHOLDS, s["ensemble"].curve()) for f, s in evaluation.folds.items()}
     curves["pooled"] = (THRESHOLDS, evaluation.pooled("ensemble").curve())
     curves.update({m: (THRESHOLDS, evaluation.pooled(m).curve()) for m in evaluation.members})
-    threshold_plot(curves, threshold, out / "threshold_f05.png", title="out-of-fold F0.5")
-    written.append(out / "threshold_f05.png")
+    threshold_plot(curves, threshold, threshold_picture(out), title="out-of-fold F0.5")
+    written.append(threshold_picture(out))
     return written
 
 

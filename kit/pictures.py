@@ -110,3 +110,62 @@ def probe_plot(probe, path: Path) -> None:
     top.legend(fontsize=8)
     fig.tight_layout()
     write_figure(path, fig)
+
+
+def legend_colours() -> dict[str, str]:
+    """The overlay classes' colours as CSS rgb(), for a legend beside oof_overlay pictures."""
+    names = {"tp": "true positive (ink found)", "fp": "false positive (ink where none is)",
+             "fn": "false negative (ink missed)", "tn": "papyrus, no ink, none predicted",
+             "not scored": "papyrus outside the held-out rows", "outside": "outside the mask"}  # fmt: skip
+    return {names[k]: f"rgb({r},{g},{b})" for k, (b, g, r) in COLOURS.items()}
+
+
+def submission_plot(
+    prob: np.ndarray, submitted: np.ndarray | None, path: Path, *, title: str, max_side: int = 800
+) -> None:
+    """A test fragment: uint8 (H, W) probability (inferno, colour bar 0..1) beside the bool
+    (H, W) mask that was submitted (None: not submitted yet); PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if submitted is not None else 1
+    h, w = prob.shape
+    panel = min(max(3.2 * w / h, 2.0), 6.0)  # inches per panel at a height of 3.2
+    fig, axes = plt.subplots(1, panels, figsize=(panel * panels + 1.2, 3.6), dpi=100,
+                             squeeze=False)  # fmt: skip
+    shown = axes[0, 0].imshow(_shrink(prob, max_side, cv2.INTER_AREA) / 255.0, cmap="inferno",
+                              vmin=0, vmax=1)  # fmt: skip
+    axes[0, 0].set_title("ensemble probability", fontsize=9)
+    fig.colorbar(shown, ax=axes[0, 0], fraction=0.046, pad=0.03, label="probability of ink")
+    if submitted is not None:
+        small = _shrink(submitted.astype(np.uint8) * 255, max_side, cv2.INTER_AREA)
+        axes[0, 1].imshow(small, cmap="gray", vmin=0, vmax=255)
+        axes[0, 1].set_title(f"submitted mask (ink {submitted.mean():.1%} of pixels)", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    write_figure(path, fig)
+
+
+def metric_plot(
+    lines: list[tuple[str, np.ndarray, np.ndarray, dict]], path: Path, *, ylabel: str, title: str
+) -> None:
+    """One quantity against the optimiser step: `lines` are (label, steps, values, matplotlib
+    style) — one per run, so folds and members compare on one axis; PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    for label, steps, values, style in lines:
+        ax.plot(steps, values, marker="o", markersize=3, label=label, **style)
+    ax.set(xlabel="optimiser step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(lines) > 4 else 1)
+    fig.tight_layout()
+    write_figure(path, fig)

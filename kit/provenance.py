@@ -6,7 +6,9 @@
     differences(old, new)     -> ["train.lr: 0.0001 -> 0.01", ...]: what changed, for the message
 
 A fragment is identified by the sizes and modification times of the files its layout names (never their bytes:
-a real fragment is tens of GB), so touching or replacing any of them makes it a new input.
+a real fragment is tens of GB), so touching or replacing any of them makes it a new input; a zarr
+volume (thousands of chunk files) by its file count, total size and newest modification time;
+and its row of segments.csv, when it has one.
 """
 
 from __future__ import annotations
@@ -29,15 +31,29 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def fragment_identity(fragment) -> dict:
     """Shape and (size, mtime_ns) of each file a kit.data.fragment.Fragment reads (its layout's
-    slices, mask, labels, infrared image; the ones that exist)."""
+    slices, mask, labels, infrared image, ignore mask; the ones that exist), [files, bytes,
+    newest mtime_ns] of its zarr volume, and its segments.csv row ("window") if it has one."""
     f = fragment.files
-    paths = [*f.slices, f.mask, f.labels, f.ir]
+    paths = [*f.slices, f.mask, f.labels, f.ir, f.ignore]
     files = {}
     for p in paths:
         if p is not None and p.is_file():
             st = p.stat()
-            files[Path(os.path.relpath(p, f.root)).as_posix()] = [st.st_size, st.st_mtime_ns]
-    return {"shape": list(fragment.shape), "files": files}
+            files[_relative(p, f.root)] = [st.st_size, st.st_mtime_ns]
+    if f.volume is not None:
+        stats = [p.stat() for p in f.volume.rglob("*") if p.is_file()]
+        files[_relative(f.volume, f.root)] = [
+            len(stats), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+        ]  # fmt: skip
+    identity = {"shape": list(fragment.shape), "files": files}
+    if fragment.window is not None:
+        w = fragment.window
+        identity["window"] = [w.z_start, w.z_end, w.reverse]
+    return identity
+
+
+def _relative(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 def file_identity(path: str | os.PathLike | None) -> list[int] | None:

@@ -3,16 +3,21 @@
 A training run (`kit train --out RUN`, docs/interface.md):
 
     RUN/config.yaml            the resolved config (also inside every checkpoint)
-    RUN/run.json               dataset, fold, folds CSV and what the run resolved or loaded
+    RUN/run.json               dataset, fold, folds CSV, what the run resolved or loaded, and
+                               the versions it ran with (kit.versions)
     RUN/metrics.csv            one row per epoch
     RUN/tensorboard/  RUN/report/
     RUN/checkpoints/last.pt    everything to resume (last.prev.pt: the one before it);
                                best.pt: the best held-out F0.5 so far
     RUN/oof/<fragment>.png     uint8 probability of best.pt on the held-out rows, 0 elsewhere
+                               (.tif for maps above TIFF_PIXELS, see `map_suffixes`)
     RUN/oof/regions.csv        the held-out regions (a folds CSV of one fold)
 
-A prediction directory (`kit predict --out PRED`): PRED/<fragment>.png, PRED/preview/<fragment>.png
-and PRED/predict.json (data, members, overrides).
+A prediction directory (`kit predict --out PRED`): PRED/<fragment>.png or .tif (`map_suffixes`),
+PRED/preview/<fragment>.png and PRED/predict.json (data, members, overrides, format).
+
+A probability map is an 8-bit PNG, or for a huge one a tiled BigTIFF with a pyramid
+(kit.io.write_tiled_tiff) that a viewer opens at any zoom; readers take either (`read_map`).
 
 An ensemble member is named once, by `MemberId` (config name, model family and variant): the same
 member across folds has the same name, which evaluation.json's tuned weights are keyed by; a run
@@ -30,7 +35,51 @@ import numpy as np
 
 from kit.config import Config
 from kit.errors import KitError
-from kit.io import read_json, remove_temporaries, write_csv, write_json, write_png
+from kit.io import (
+    read_json,
+    read_map,
+    remove_temporaries,
+    write_csv,
+    write_json,
+    write_npy,
+    write_png,
+    write_tiled_tiff,
+)
+
+MAP_FORMATS = ("png", "tiff", "auto")
+# "auto" writes a map with more pixels than this as TIFF: a PNG of fragment 2's 141 M pixels
+# takes seconds to encode, has no pyramid, and image viewers refuse to open it.
+TIFF_PIXELS = 2**26
+_SUFFIXES = (".png", ".tif")  # readers prefer the first that exists (they hold the same map)
+
+
+def map_suffixes(shape: tuple[int, int], fmt: str = "auto", *, layout: str = "") -> list[str]:
+    """The files a probability map of `shape` is written as under `fmt` (MAP_FORMATS); a
+    fragment of the competition layout always gets the 8-bit PNG too (what submit encodes)."""
+    if fmt not in MAP_FORMATS:
+        raise KitError(f"map format {fmt!r} is not one of {list(MAP_FORMATS)}")
+    tiff = fmt == "tiff" or (fmt == "auto" and shape[0] * shape[1] > TIFF_PIXELS)
+    return [".png", ".tif"] if tiff and layout == "competition" else [".tif" if tiff else ".png"]
+
+
+def _existing_map(base: Path) -> Path:
+    """The map file `base`.png or .tif that exists (PNG first), else the PNG path."""
+    found = [base.with_suffix(s) for s in _SUFFIXES if base.with_suffix(s).is_file()]
+    return found[0] if found else base.with_suffix(_SUFFIXES[0])
+
+
+def _write_map(base: Path, prob: np.ndarray, suffixes: list[str]) -> list[Path]:
+    """`prob` as base + each suffix; the map's files of other formats are removed (a stale PNG
+    would otherwise be read in place of the new TIFF)."""
+    written = []
+    for suffix in _SUFFIXES:
+        path = base.with_suffix(suffix)
+        if suffix not in suffixes:
+            path.unlink(missing_ok=True)
+        else:
+            (write_png if suffix == ".png" else write_tiled_tiff)(path, prob)
+            written.append(path)
+    return written
 
 
 @dataclass(frozen=True)
@@ -95,7 +144,8 @@ class RunDir:
         raise KitError(f"{self.path} holds no checkpoints/best.pt or last.pt: is it a run?")
 
     def oof_map(self, fragment_id: str) -> Path:
-        return self.oof / f"{fragment_id}.png"
+        """The OOF map file of a fragment (.png, or .tif when it was written as one)."""
+        return _existing_map(self.oof / fragment_id)
 
     # -- reading -------------------------------------------------------------------------------
     def config(self) -> Config | None:
@@ -127,9 +177,11 @@ class RunDir:
 
     @property
     def label(self) -> str:
-        """ "<member> fold <K>": how this run is named on the terminal and in records."""
+        """ "<member> fold <K>": how this run is named on the terminal and in records; a run
+        that records no fold (copied without run.json and regions.csv) is named by its folder,
+        so two folds of one member never share a name."""
         fold = self.fold()
-        return f"{self.member()}" + ("" if fold is None else f" fold {fold}")
+        return f"{self.member()} " + (f"({self.path.name})" if fold is None else f"fold {fold}")
 
     def regions(self) -> list:
         """The held-out regions (kit.data.folds.Region), checked to be of one fold."""
@@ -149,13 +201,11 @@ class RunDir:
 
     def read_oof(self, fragment_id: str, shape: tuple[int, int], source: Path) -> np.ndarray:
         """uint8 (H, W) OOF map of a fragment (at `source`, for the error) of shape `shape`."""
-        import cv2
-
         path = self.oof_map(fragment_id)
         if not path.is_file():
             raise KitError(f"{path} is missing: the run has not validated yet (no best.pt saved)")
-        prob = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if prob is None or prob.dtype != np.uint8 or prob.ndim != 2:
+        prob = read_map(path)
+        if prob is None:
             raise KitError(f"{path} is not an 8-bit grayscale probability map")
         if prob.shape != tuple(shape):
             raise KitError(
@@ -166,17 +216,19 @@ class RunDir:
 
     # -- writing (atomic) ----------------------------------------------------------------------
     def start(self, config: Config, record: dict, regions: list) -> None:
-        """The files a run writes before its first step: config.yaml, run.json, regions.csv."""
+        """The files a run writes before its first step: config.yaml, run.json (`record` and
+        this environment's versions), regions.csv."""
         from kit.config import save_config
         from kit.data.folds import write_folds
+        from kit.versions import versions
 
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         save_config(config, self.config_yaml)
-        write_json(self.run_json, record)
+        write_json(self.run_json, {**record, "versions": versions()})
         write_folds(regions, self.regions_csv)
 
     def write_oof(self, fragment_id: str, prob: np.ndarray) -> None:
-        write_png(self.oof_map(fragment_id), prob)
+        _write_map(self.oof / fragment_id, prob, map_suffixes(prob.shape))
 
     def update_record(self, **fields) -> None:
         """run.json with `fields` set (the rest kept)."""
@@ -211,7 +263,76 @@ class PredictionDir:
         self.predict_json = self.path / "predict.json"
 
     def map(self, fragment_id: str) -> Path:
-        return self.path / f"{fragment_id}.png"
+        """The map file of a fragment: its PNG, else its TIFF, else (missing) the PNG path."""
+        return _existing_map(self.path / fragment_id)
+
+    def map_files(self, fragment_id: str, suffixes: list[str]) -> list[Path]:
+        """The files `write_map` writes for these `map_suffixes`."""
+        return [(self.path / fragment_id).with_suffix(s) for s in suffixes]
+
+    def write_map(self, fragment_id: str, prob: np.ndarray, suffixes: list[str]) -> list[Path]:
+        """The uint8 map as each of `suffixes` (`map_suffixes`) and its preview; the written
+        map files."""
+        from kit.pictures import probability_preview
+
+        written = _write_map(self.path / fragment_id, prob, suffixes)
+        write_png(self.preview(fragment_id), probability_preview(prob))
+        return written
+
+    def read_map(self, fragment_id: str) -> np.ndarray | None:
+        """The fragment's uint8 (H, W) map, None when it is missing or unreadable."""
+        path = self.map(fragment_id)
+        return read_map(path) if path.is_file() else None
+
+    def read_checked(self, fragment_id: str, fragment=None) -> np.ndarray:
+        """The fragment's map, refused (KitError naming the fix) when it is missing, was not
+        written by the prediction predict.json records, or (given the kit.data.fragment.Fragment)
+        was made from other files or another size than the fragment's."""
+        from kit.provenance import fragment_identity
+
+        path, pred = self.map(fragment_id), self.path
+        prob = self.read_map(fragment_id)
+        if prob is None:
+            raise KitError(f"{path} is missing or unreadable: predict fragment {fragment_id} first")
+        made = self.record().get("fragments")  # what predict finished, with each identity
+        if made is not None and fragment_id not in made:
+            raise KitError(
+                f"{path} was not written by the prediction {self.predict_json} records "
+                "(an interrupted or older predict?): rerun `python -m kit predict` into "
+                f"{pred}, it redoes only what is missing"
+            )
+        if fragment is None:
+            return prob
+        if made is not None and fragment_identity(fragment) != made[fragment_id]:
+            raise KitError(
+                f"{fragment.path} changed since {path} was predicted: rerun `python -m kit "
+                f"predict` into {pred} (it redoes the changed fragments)"
+            )
+        if fragment.shape != prob.shape:
+            h, w = fragment.shape
+            raise KitError(
+                f"{path} is {prob.shape[0]}×{prob.shape[1]} but the mask of {fragment.path} is "
+                f"{h}×{w}: predicted from another dataset?"
+            )
+        return prob
+
+    def part_file(self, fragment_id: str, key: str, index: int, count: int) -> Path:
+        """Rows of one part of a shared-out prediction (kit.infer.parts), until assembled."""
+        return self.path / ".parts" / f"{fragment_id}.{key}.{index + 1}of{count}.npy"
+
+    def write_part(self, fragment_id: str, key: str, index: int, count: int, rows) -> None:
+        write_npy(self.part_file(fragment_id, key, index, count), rows)
+
+    def read_parts(self, fragment_id: str, key: str, count: int) -> list[np.ndarray] | None:
+        """Every part's rows in order, None while one is missing."""
+        files = [self.part_file(fragment_id, key, k, count) for k in range(count)]
+        if not all(f.is_file() for f in files):
+            return None
+        return [np.load(f) for f in files]
+
+    def remove_parts(self, fragment_id: str) -> None:
+        for f in (self.path / ".parts").glob(f"{fragment_id}.*.npy"):
+            f.unlink(missing_ok=True)
 
     def preview(self, fragment_id: str) -> Path:
         return self.path / "preview" / f"{fragment_id}.png"
@@ -222,7 +343,7 @@ class PredictionDir:
 
     def map_ids(self) -> list[str]:
         """Ids of the maps written so far, sorted."""
-        return sorted(p.stem for p in self.path.glob("*.png"))
+        return sorted({p.stem for s in _SUFFIXES for p in self.path.glob(f"*{s}")})
 
     def write_record(self, record: dict) -> None:
         write_json(self.predict_json, record)

@@ -10,8 +10,9 @@ nested score: for each fold, the weights and threshold are chosen on the *other*
 applied to it; the held-out counts are pooled. Each member alone gets the same nested treatment
 (its threshold chosen on the other folds), so the two nested figures compare like with like.
 
-The search reads at most about 4 M held-out papyrus pixels per fragment and member (every s-th
-row and column, s = 1 on small fragments, ~5 on fragment 2), ample for a handful of weights.
+The search reads at most about 4 M held-out papyrus pixels (outside any ignore mask) per fragment
+and member (every s-th row and column, s = 1 on small fragments, ~5 on fragment 2), ample for a
+handful of weights.
 """
 
 from __future__ import annotations

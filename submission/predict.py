@@ -1,7 +1,11 @@
 """Offline test-time path for a Kaggle-style notebook: checkpoints + test data -> submission.csv.
 
-    python submission/predict.py --runs /kaggle/input/inkkit-runs --data /kaggle/input/vesuvius/test \
-        --out submission.csv [--kit /kaggle/input/inkkit-src] [--work /kaggle/working/pred]
+    python /kaggle/input/inkkit-wheels/predict.py --runs /kaggle/input/inkkit-runs/*/ \
+        --data /kaggle/input/vesuvius-challenge-ink-detection/test \
+        --out /kaggle/working/submission.csv [--work /kaggle/working/predictions] [--kit SRC]
+
+The kit is imported from --kit SRC (a folder holding kit/) when given, else from the checkout
+this file sits in, else as installed (the inkkit wheel of submission/README.md's recipe).
 
 --runs is a directory of run directories (each with checkpoints/best.pt) and/or .pt files, or
 several of those; each checkpoint carries its config, so nothing else is needed. It runs exactly

@@ -186,6 +186,50 @@ def tif(rel: str, image: np.ndarray) -> Build:
     return build
 
 
+def as_segment(rel: str) -> Build:
+    """A competition fragment turned into a scroll segment: layers/NN.tif and <id>_mask.png."""
+
+    def build(w: Path) -> None:
+        path = _path(w, rel)
+        (path / "surface_volume").rename(path / "layers")
+        (path / "mask.png").rename(path / f"{path.name}_mask.png")
+
+    return build
+
+
+def as_zarr(rel: str, *, ndim: int = 3) -> Build:
+    """A competition fragment turned into a zarr volume <id>/<id>.zarr (with `ndim` axes: 3 is
+    (z, y, x), 4 adds a channel axis in front) and <id>_mask.png."""
+
+    def build(w: Path) -> None:
+        import tifffile
+        import zarr
+
+        path = _path(w, rel)
+        volume = np.stack([tifffile.imread(p) for p in sorted(path.glob("surface_volume/*.tif"))])
+        shutil.rmtree(path / "surface_volume")
+        zarr.create_array(
+            str(path / f"{path.name}.zarr"), data=volume.reshape((1,) * (ndim - 3) + volume.shape)
+        )
+        (path / "mask.png").rename(path / f"{path.name}_mask.png")
+
+    return build
+
+
+def to_8bit_png(rel: str) -> Build:
+    """A 16-bit TIFF layer replaced by an 8-bit PNG of the same number."""
+
+    def build(w: Path) -> None:
+        import tifffile
+
+        path = _path(w, rel)
+        image = tifffile.imread(path)
+        path.unlink()
+        assert cv2.imwrite(str(path.with_suffix(".png")), (image // 257).astype(np.uint8))
+
+    return build
+
+
 def edit_json(rel: str, change: Callable[[dict], None]) -> Build:
     def build(w: Path) -> None:
         path = _path(w, rel)
@@ -292,6 +336,9 @@ CASES = [
          r"\(a directory with surface_volume/00\.tif", r"pass a dataset directory"),
     case("fragments-one-broken", "fragments --data {DATA}", r"train/2/surface_volume is missing",
          build=(remove("data/train/2/surface_volume"),)),
+    # doctor (a dataset's problems are its report, exit 1: tests/test_doctor.py) ------------
+    case("doctor-data-missing", "doctor --data {W}/nope", r"nope does not exist",
+         r"pass a dataset directory"),
     # folds ----------------------------------------------------------------------------------
     case("folds-data-missing", "folds --data {W}/nope --out {W}/f.csv", r"nope does not exist",
          r"pass a dataset directory \(with train/ and test/\)"),
@@ -319,9 +366,12 @@ CASES = [
          build=(truncate("data/train/1/surface_volume/03.tif"),)),
     case("probe-slice-gap", "probe --data {DATA} --out {W}/probe", r"missing slice\(s\) \[2\]",
          r"without gaps", build=(remove("data/train/1/surface_volume/02.tif"),)),
-    case("probe-slice-not-uint16", "probe --data {DATA} --out {W}/probe", r"01\.tif holds uint8",
-         r"single-channel uint16",
+    case("probe-slice-mixed-bit-depth", "probe --data {DATA} --out {W}/probe",
+         r"01\.tif is 8-bit, but 00\.tif is 16-bit", r"one bit depth",
          build=(tif("data/train/1/surface_volume/01.tif", np.zeros((72, 56), np.uint8)),)),
+    case("probe-slice-float", "probe --data {DATA} --out {W}/probe", r"01\.tif holds float32",
+         r"single-channel uint8 or uint16",
+         build=(tif("data/train/1/surface_volume/01.tif", np.zeros((72, 56), np.float32)),)),
     case("probe-slice-other-size", "probe --data {DATA} --out {W}/probe", r"01\.tif is 9×9",
          r"all slices of a fragment must match",
          build=(tif("data/train/1/surface_volume/01.tif", np.zeros((9, 9), np.uint16)),)),
@@ -473,6 +523,25 @@ CASES = [
          r"trained on fewer slices", build=(remove("data/test/b/surface_volume/03.tif"),
                                             remove("data/test/b/surface_volume/04.tif"),
                                             remove("data/test/b/surface_volume/05.tif"))),
+    case("predict-segment-without-mask", PREDICT, r"test/b/b_mask\.png is missing",
+         r"every fragment needs a mask",
+         build=(as_segment("data/test/b"), remove("data/test/b/b_mask.png"))),
+    case("predict-segment-mixed-bit-depth", PREDICT, r"layers/03\.png is 8-bit, but 00\.tif is "
+         r"16-bit", r"one bit depth; re-export them alike",
+         build=(as_segment("data/test/b"), to_8bit_png("data/test/b/layers/03.tif"))),
+    case("predict-segment-ragged-layers", PREDICT, r"layers/02\.tif is 9×9, but 00\.tif is "
+         r"48×64", r"all slices of a fragment must match",
+         build=(as_segment("data/test/b"), tif("data/test/b/layers/02.tif",
+                                               np.zeros((9, 9), np.uint16)))),
+    case("predict-zarr-wrong-ndim", PREDICT, r"test/b/b\.zarr is 4-D \(1, 6, 48, 64\)",
+         r"reads \(z, y, x\) volumes", r"export one channel and time point",
+         build=(as_zarr("data/test/b", ndim=4),)),
+    case("predict-segments-csv-window-outside", PREDICT, r"segments\.csv line 2: layers 3\.\.98 "
+         r"are not inside .*test/b's 0\.\.5", r"z_end is exclusive",
+         build=(write("data/segments.csv", "id,z_start,z_end,reverse\nb,3,99,0\n"),)),
+    case("predict-segments-csv-reverse-not-a-flag", PREDICT, r"segments\.csv line 3: reverse "
+         r"must be 0 or 1", build=(write("data/segments.csv",
+                                        "id,z_start,z_end,reverse\na,1,5,0\nb,1,5,maybe\n"),)),
     case("predict-device-unknown", PREDICT + " --device tpu", r"--device 'tpu'", r"cpu"),
     case("predict-disk-full", PREDICT, r"new/predict\.json", r"free disk space", full_disk=True),
     # evaluate -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from kit.errors import KitError
 from kit.infer.ensemble import Member, resolve_members
 from kit.io import write_png
 from kit.run import MemberId, PredictionDir, RunDir, default_run_dir
+from kit.versions import versions
 
 
 def _config(name="cpu-demo", family="sam", variant="vit_tiny") -> Config:
@@ -26,7 +27,7 @@ def test_a_run_names_its_files_once_and_reads_back_what_it_wrote(tmp_path):
     run = _started_run(tmp_path / "r", _config(), fold=2)
     assert run.looks_like_run()
     assert run.config().model.variant == "vit_tiny"
-    assert run.record() == {"data": "/data", "fold": 2}
+    assert run.record() == {"data": "/data", "fold": 2, "versions": versions()}
     assert [r.fold for r in run.regions()] == [2]
     assert run.label == "cpu-demo (sam vit_tiny) fold 2"
     assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.yaml", "oof",
@@ -59,6 +60,14 @@ def test_members_of_different_models_get_different_names_and_folds_share_one(tmp
     loose = tmp_path / "x.pt"
     save_checkpoint(loose, {"config": config_to_dict(sam), "model": {}})
     assert Member.of(loose).name == "cpu-demo (sam vit_tiny) (x.pt)"
+    # runs copied without run.json and regions.csv (no fold recorded): named by their folders
+    for run in runs[2:]:
+        run.run_json.unlink()
+        run.regions_csv.unlink()
+    assert [m.name for m in resolve_members([str(r.path) for r in runs[2:]])] == [
+        "cpu-demo-unet (unet resnet18) (fold0)",
+        "cpu-demo-unet (unet resnet18) (fold1)",
+    ]
     # a run without config.yaml still knows its member from the checkpoint
     runs[0].config_yaml.unlink()
     assert runs[0].member() == MemberId.of(sam)

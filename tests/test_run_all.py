@@ -1,5 +1,6 @@
 """run_all.sh end to end on a reduced demo: generated fragments -> validated submission.csv."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kit.data.folds import Region, write_folds
+from kit.data.folds import Region, load_folds, write_folds
 from kit.rle import decode
 from kit.submission import fragment_shapes, validate_submission
 
@@ -97,3 +98,111 @@ def test_run_all_gives_every_training_the_same_budget(tmp_path, demo_dir):
         assert "time budget" not in _run_all_failing(tmp_path, demo_dir, **told).stdout
     wrong = _run_all_failing(tmp_path, demo_dir, TIME_BUDGET="nine")
     assert wrong.returncode == 2 and "TIME_BUDGET must be minutes" in wrong.stderr
+
+
+def _outputs(out: Path) -> dict[str, str]:
+    """sha256 of what a run_all.sh run delivers: every out-of-fold map, prediction map and the
+    submission (run.json, logs and the report hold wall times, which no two runs share)."""
+    import hashlib
+
+    files = [*out.glob("runs/*/fold*/oof/*"), *out.glob("predictions/*.png")]
+    files.append(out / "submission.csv")
+    return {
+        f.relative_to(out).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in files
+    }
+
+
+@pytest.mark.slow
+def test_run_all_after_any_changed_input_gives_what_a_fresh_run_gives(tmp_path, demo_dir):
+    import shutil
+
+    import cv2
+
+    folds = tmp_path / "folds.csv"
+    write_folds(
+        [Region("1", 0, 0.0, 1.0), Region("2", 1, 0.0, 1.0), Region("3", 1, 0.0, 1.0)], folds
+    )
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+
+    def run(out: Path, data: Path, **env_vars) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in ("TIME_BUDGET", "SUBMIT_ARGS")}
+        env.update(OUT_DIR=str(out), DATA_DIR=str(data), FOLDS=str(folds), NGPUS="0",
+                   CONFIG="cpu-demo-unet", TRAIN_ARGS="--max-steps 2", PYTHON=sys.executable)  # fmt: skip
+        env.update(env_vars)
+        result = subprocess.run(
+            ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    out = tmp_path / "kept"
+    run(out, data)
+    first = _outputs(out)
+
+    # 1. TRAIN_ARGS (a config value) and the threshold policy change together
+    changed = {"TRAIN_ARGS": "--max-steps 2 --set train.lr=0.0005", "SUBMIT_ARGS": "--percentile 5"}
+    rerun = run(out, data, **changed)
+    assert "nothing to do" not in rerun.stdout
+    fresh = tmp_path / "fresh1"
+    run(fresh, data, **changed)
+    assert _outputs(out) == _outputs(fresh) != first
+
+    # 2. a training fragment's labels change (same path): probe, training and all after it
+    labels = data / "train" / "1" / "inklabels.png"
+    image = cv2.imread(str(labels), cv2.IMREAD_GRAYSCALE)
+    image[: image.shape[0] // 2] = 0
+    cv2.imwrite(str(labels), image)
+    run(out, data, **changed)
+    edited = tmp_path / "edited"
+    shutil.copytree(data, edited)
+    fresh = tmp_path / "fresh2"
+    run(fresh, edited, **changed)
+    assert _outputs(out) == _outputs(fresh)
+    probe = {
+        k: json.loads((d / "probe" / "probe.json").read_text())
+        for k, d in (("kept", out), ("fresh", fresh))
+    }
+    assert probe["kept"]["signal"] == probe["fresh"]["signal"]
+
+    # 3. nothing changed: every step reuses what it made
+    again = run(out, data, **changed)
+    assert again.stdout.count("nothing to do") == 2
+    assert "same fragments, kept" in again.stdout
+    assert again.stdout.count("exists (same members, checkpoints and data): skipped") == 2
+    assert _outputs(out) == _outputs(fresh)
+
+
+@pytest.mark.slow
+def test_run_all_self_training_rounds_train_on_pseudo_labels_and_rerun_in_place(tmp_path, demo_dir):
+    folds = tmp_path / "folds.csv"
+    write_folds([Region("1", 0, 0.0, 1.0), Region("2", 1, 0.0, 1.0)], folds)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("TIME_BUDGET", "SUBMIT_ARGS")}
+    env.update(OUT_DIR=str(out), DATA_DIR=str(demo_dir), FOLDS=str(folds), NGPUS="0",
+               CONFIG="cpu-demo-unet", TRAIN_ARGS="--max-steps 2", PYTHON=sys.executable,
+               SELF_TRAIN_ROUNDS="1", PSEUDO_ARGS="--ink 0.6 --background 0.4")  # fmt: skip
+
+    def run() -> subprocess.CompletedProcess:
+        result = subprocess.run(["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True,
+                                text=True, timeout=900)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    first = run()
+    assert "round 1: pseudo-labels from" in first.stdout
+    round1 = out / "self_train" / "round1"
+    # the test fragments a, b: only trained on, never held out
+    trained_only = {r.fragment for r in load_folds(round1 / "data" / "folds.csv") if r.fold < 0}
+    assert trained_only == {"a", "b"}
+    for fold in (0, 1):
+        assert (
+            round1 / "runs" / "cpu-demo-unet" / f"fold{fold}" / "checkpoints" / "best.pt"
+        ).is_file()
+    assert (out / "submission.csv").read_bytes() == (round1 / "submission.csv").read_bytes()
+    assert (out / "self_train" / "round0" / "submission.csv").is_file()
+    validate_submission(out / "submission.csv", demo_dir / "test")
+
+    again = run()
+    assert again.stdout.count("nothing to do") == 4  # two runs per round, all kept

@@ -1,4 +1,5 @@
-"""`python -m kit COMMAND`: argument parsing and IO only; the computing lives in the modules.
+"""`inkkit COMMAND` (= `python -m kit COMMAND`): argument parsing and IO only; the computing
+lives in the modules.
 
 Each command is a module here with `HELP`, `add_arguments(parser)` and `run(args) -> int`.
 Heavy imports (torch, models) happen inside `run`, so `--help` stays instant.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
-from kit.errors import KitError
+from kit.errors import KitError, KitWarning
 
 COMMANDS = {
     "demo-data": "kit.cli.demo_data",
@@ -18,10 +21,12 @@ COMMANDS = {
     "folds": "kit.cli.folds",
     "probe": "kit.cli.probe",
     "config": "kit.cli.config",
+    "doctor": "kit.cli.doctor",
     "train": "kit.cli.train",
     "predict": "kit.cli.predict",
     "evaluate": "kit.cli.evaluate",
     "submit": "kit.cli.submit",
+    "pseudo-label": "kit.cli.pseudo_label",
     "validate": "kit.cli.validate",
     "report": "kit.cli.report",
 }
@@ -44,8 +49,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from kit import __version__
 
+    # the same commands answer to `inkkit` (the console script) and `python -m kit`
+    prog = "inkkit" if os.path.basename(sys.argv[0]) == "inkkit" else "python -m kit"
     parser = argparse.ArgumentParser(
-        prog="python -m kit",
+        prog=prog,
         description="inkkit: fine-tune SAM and a U-Net for ink detection, ensemble, submit.",
     )
     parser.add_argument("--version", action="version", version=f"inkkit {__version__}")
@@ -60,7 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A KitWarning as one `warning: ...` line (no source location); others as Python shows them."""
+    if issubclass(category, KitWarning):
+        print(f"warning: {message}", file=file or sys.stderr, flush=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
@@ -70,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def add_progress_flag(p: argparse.ArgumentParser) -> None:
+    """--no-progress: no bars. Without it, a terminal shows bars and anything else (a log, a
+    pipe) one summary line per bar (kit/progress.py)."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (off a terminal each bar is one summary line)")  # fmt: skip
 
 
 def checked_device(requested: str | None) -> str:

@@ -1,7 +1,8 @@
 """Write synthetic fragments in the competition layout (train/1, 2, 3 with labels; test/a, b).
 
 Also writes sample_submission.csv, folds.csv (the standard split) and solution.csv (the test
-fragments' true labels, for checking a pipeline end to end). See docs/data.md.
+fragments' true labels, for checking a pipeline end to end). `--layout segments` or `zarr`
+writes the same fragments as scroll segments or zarr volumes. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "write synthetic fragments in the competition layout"
+from kit.cli import add_progress_flag
+
+HELP = "write synthetic fragments in the competition layout (or as segments, zarr volumes)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="override one style field after --variant, e.g. --style surface_mean=40 "
              "--style reverse=true (repeatable; fields in kit/data/demo.py DemoStyle)",
     )  # fmt: skip
+    add_progress_flag(p)
+    p.add_argument(
+        "--layout", default="competition", choices=["competition", "segments", "zarr"],
+        help="competition: <id>/surface_volume/NN.tif; segments: <id>/layers/NN.<layers>, "
+             "<id>_mask.png, <id>_inklabels.png; zarr: <id>/<id>.zarr (OME-Zarr 0.4) and the "
+             "same PNGs (default competition)",
+    )  # fmt: skip
+    p.add_argument(
+        "--layers", default="tif", choices=["tif", "png", "jpg"],
+        help="layer files of --layout segments: uint16 tif, or 8-bit png / jpg (default tif)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
         overrides[key.strip()] = yaml.safe_load(value)
     style = style_from(args.variant, overrides, seed=args.seed)
     _check_out(Path(args.out))
-    out = make_demo_data(args.out, seed=args.seed, scale=args.scale, style=style, progress=True)
-    print(f"demo data ({args.variant}) written to {out}")
+    out = make_demo_data(args.out, seed=args.seed, scale=args.scale, style=style,
+                         layout=args.layout, layers=args.layers,
+                         progress=not args.no_progress)  # fmt: skip
+    print(f"demo data ({args.variant}, {args.layout} layout) written to {out}")
     return 0
 
 

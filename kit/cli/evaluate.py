@@ -1,7 +1,7 @@
 """Out-of-fold F0.5 per fold and pooled, and the threshold that maximises it.
 
-Reads each run's oof/<fragment>.png and oof/regions.csv, with labels and masks from the dataset
-(--data, else the `data` recorded in the run's run.json). Runs of the same fold (e.g. a SAM and a
+Reads each run's oof/<fragment>.png (or .tif) and oof/regions.csv, with labels and masks from the
+dataset (--data, else the `data` recorded in the run's run.json). Runs of the same fold (e.g. a SAM and a
 U-Net) are averaged as `predict` would (RUN:W sets a weight); each member is scored too.
 With --tune-weights the members' weights are searched on the OOF maps first (kit/weights.py) and
 the ensemble is scored with them; `predict --evaluation` then uses the same weights.
@@ -11,6 +11,8 @@ Writes <OUT>/evaluation.json (threshold, weights, pooled and per-fold scores) an
 from __future__ import annotations
 
 import argparse
+
+from kit.cli import add_progress_flag
 
 HELP = "out-of-fold F0.5 per fold and pooled, and the best threshold"
 
@@ -29,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="choose the members' ensemble weights on the OOF maps (reports a nested estimate)",
     )
     p.add_argument("--no-pictures", action="store_true", help="skip overlays and plots")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:

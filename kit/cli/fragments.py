@@ -1,7 +1,7 @@
 """List the fragments of a dataset as every command finds them (kit.data.layout.find_fragments).
 
-One line per fragment: id, layout, number of slices, whether it has ink labels, directory. Only
-file names are looked at (nothing is opened), so it is instant; a dataset without fragments, or
+One line per fragment: id, layout, number of slices (a zarr volume: its name), whether it has ink
+labels, directory. Only file names are looked at (nothing is opened), so it is instant; a dataset without fragments, or
 with a directory that is no fragment, exits 2 naming the missing file. run_all.sh checks its
 DATA_DIR with it.
 """
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     for path in find_fragments(args.data, args.split):
         layout = layout_of(path)
         files = layout.files(path)
-        print(f"{files.id}\t{layout.name}\t{len(files.slices)} slices\t"
+        volume = f"{len(files.slices)} slices" if files.volume is None else files.volume.name
+        print(f"{files.id}\t{layout.name}\t{volume}\t"
               f"{'labels' if files.has_labels else 'no labels'}\t{path}")  # fmt: skip
     return 0

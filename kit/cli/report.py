@@ -1,5 +1,6 @@
-"""Write OUT_DIR/report/index.html (OOF overlays, threshold curve, test maps, training curves,
-member configs) and print the run summary."""
+"""Write OUT_DIR/report/index.html (tables of the out-of-fold scores and the runs, OOF overlays
+with their legend, threshold curves, test maps beside the submitted masks, one training-curve
+figure per quantity, the config with what differs per run) and print the run summary."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ HELP = "write the HTML report of a pipeline run and print its summary"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="outputs", help="the pipeline's OUT_DIR")
     p.add_argument("--runs", nargs="+", required=True, help="run directories of the ensemble")
-    p.add_argument("--seconds", type=float, default=None, help="wall time to report")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="wall time of this invocation of the pipeline, shown beside the runs' "
+                        "own training time (run_all.sh passes its own)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             )
     evaluation = read_json(out / "evaluation" / "evaluation.json")
     lines = summary_lines(evaluation, args.runs, args.seconds)
-    page = write_report(out, args.runs, lines)
+    page = write_report(out, args.runs, evaluation, args.seconds)
     submission = out / "submission.csv"
     print("\n".join(lines))
     if submission.is_file():

@@ -53,14 +53,11 @@ def make_submission(
     min_area: int | None = None,
 ) -> list[tuple[str, str]]:
     """Write `out` from the maps in `pred`; returns the (id, rle) rows in file order."""
-    import cv2
-
     from kit.data.fragment import Fragment
     from kit.data.layout import find_fragments
     from kit.errors import KitError
     from kit.post.threshold import decide_threshold
     from kit.postprocess import postprocess
-    from kit.provenance import fragment_identity
     from kit.rle import encode
     from kit.run import PredictionDir
     from kit.submission import validate_submission, write_submission
@@ -85,32 +82,12 @@ def make_submission(
         ids = prediction.map_ids()
         print("warning: no --data: masks not applied, submission not validated")
     if not ids:
-        raise KitError(f"{pred} holds no <fragment>.png; run `python -m kit predict` first")
-    made = record.get("fragments")  # what predict finished, with each fragment's identity
+        raise KitError(f"{pred} holds no <fragment>.png or .tif; run `python -m kit predict` first")
     rows = []
     for fid in ids:
-        path = prediction.map(fid)
-        prob = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
-        if prob is None:
-            raise KitError(f"{path} is missing or unreadable: predict fragment {fid} first")
-        if made is not None and fid not in made:
-            raise KitError(
-                f"{path} was not written by the prediction {prediction.predict_json} records "
-                "(an interrupted or older predict?): rerun `python -m kit predict` into "
-                f"{pred}, it redoes only what is missing"
-            )
         fragment = Fragment(found[fid]) if data is not None else None
-        if made is not None and fragment is not None and fragment_identity(fragment) != made[fid]:
-            raise KitError(
-                f"{fragment.path} changed since {path} was predicted: rerun `python -m kit "
-                f"predict` into {pred} (it redoes the changed fragments)"
-            )
+        prob = prediction.read_checked(fid, fragment)
         mask = fragment.mask() if fragment is not None else None
-        if mask is not None and mask.shape != prob.shape:
-            raise KitError(
-                f"{path} is {prob.shape[0]}×{prob.shape[1]} but the mask of {found[fid]} is "
-                f"{mask.shape[0]}×{mask.shape[1]}: predicted from another dataset?"
-            )
         t = policy.threshold_for(prob, mask)
         ink = postprocess(prob, mask, threshold=t, min_area=policy.min_area)
         rows.append((fid, encode(ink)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from kit.cli import add_progress_flag
 from kit.config import preset_names
 
 HELP = "fine-tune one fold; writes a run directory"
@@ -28,6 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
+    p.add_argument("--seed", type=int, default=None,
+                   help="train.seed: tile sampling, augmentation and initialisation (default: "
+                        "the config's, 0 in every preset)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve the config, check the data and the fold, print the plan and "
+                        "what would happen to --out; train nothing")  # fmt: skip
     p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                    help="minutes for the whole run: times its steps and sets steps_per_epoch to "
                         "fit (train.budget_minutes; 0 = off)")  # fmt: skip
@@ -36,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="if --out holds a run of other inputs (config, fold, data, weights), "
                         "delete it and train again (with --resume: resume when they are the same)")  # fmt: skip
     p.add_argument("--log-images", action="store_true", help="write a preview per validation")
+    add_progress_flag(p)
     p.add_argument(
         "--device", default=None, help="torch device (default: the rank's GPU, else cpu)"
     )
@@ -60,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     find_fragments(data, "train")  # a wrong --data fails here, before the model is built
     config = load_config(args.config, args.overrides)
+    if args.seed is not None:
+        config = apply_overrides(config, [f"train.seed={args.seed}"])
     if args.sam_checkpoint:
         if not Path(args.sam_checkpoint).is_file():
             raise KitError(f"--sam-checkpoint {args.sam_checkpoint} does not exist")
@@ -96,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         config, data_dir=data, fold=args.fold, folds_csv=folds, run=RunDir(out),
         resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps,
     )  # fmt: skip
+    if args.dry_run:
+        return _dry_run(config, data, args.fold, folds, out, decision, args.max_steps)
     if decision == "done":
         print(finished_message(RunDir(out)))
         return 0
@@ -105,8 +117,40 @@ def run(args: argparse.Namespace) -> int:
         config, data_dir=data, fold=args.fold, folds_csv=folds, out=out,
         max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite,
         log_images=args.log_images, device=args.device, started=started,
+        progress=not args.no_progress,
     )  # fmt: skip
     if summary["best_f05"] is not None:
         print(f"{out}: step {summary['step']}, best held-out F0.5 {summary['best_f05']:.4f} "
               f"at threshold {summary['threshold']:.3f}")  # fmt: skip
+    return 0
+
+
+# what a dry run says the run directory would do, by kit.train.rerun.plan's decision
+_DECISIONS = {
+    "done": "is finished with these inputs: nothing to do",
+    "resume": "holds an unfinished run of these inputs: it would resume",
+    "overwrite": "holds a run of other inputs: --overwrite would delete it and train anew",
+}
+
+
+def _dry_run(config, data, fold: int, folds, out, decision: str, max_steps: int | None) -> int:
+    """The plan of `kit train` without training: the fold's data is read and checked (labels of
+    held-out rows, ink in them), the model's config checked, nothing written."""
+    from kit.models import check_model_config
+    from kit.run import MemberId
+    from kit.train.loop import describe_fold, load_fold_data, total_steps
+    from kit.train.sampler import tile_candidates
+
+    fold_data = load_fold_data(data, fold, folds, progress=False)
+    for note in fold_data.notes:
+        print(note)
+    check_model_config(config)
+    tiles = tile_candidates(fold_data.train, fold_data.train_labels, fold_data.train_rows,
+                            config.data)  # fmt: skip
+    print(f"dry run: {MemberId.of(config)} fold {fold} of {folds}, data {data}")
+    for line in describe_fold(config, fold_data, len(tiles)):
+        print(f"  {line}")
+    steps = total_steps(config, max_steps)
+    print(f"  trains to step {steps}" + (" (--max-steps)" if max_steps is not None else ""))
+    print(f"  {out} {_DECISIONS.get(decision, 'is new: it would train from scratch')}")
     return 0

@@ -24,6 +24,11 @@ dataset the kit was first built on: the kit's defaults must not depend on any on
 
 Test fragments a (top) and b (bottom) are one more synthetic fragment with fragment 1's
 geometry cut in two, as in the real public test set; their labels go to solution.csv only.
+
+`layout` writes the same fragments as scroll segments instead (`<id>/layers/NN.tif`, or 8-bit
+.png/.jpg layers with `layers`; `<id>_mask.png`, `<id>_inklabels.png`; no infrared image) or as
+zarr volumes (`<id>/<id>.zarr`, an OME-Zarr 0.4 image, and the same PNGs): only the writer
+differs (kit.data.layout names the files).
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ import cv2
 import numpy as np
 
 from kit import rle
-from kit.data.layout import CompetitionLayout
+from kit.data.layout import CompetitionLayout, SegmentLayout, segment_pngs
 from kit.errors import KitError
-from kit.io import write_csv, write_json, write_png, write_tiff
+from kit.io import write_csv, write_json, write_png, write_tiff, write_zarr
 
 N_SLICES = 65
 DEFAULT_SCALE = 1 / 16
@@ -209,12 +214,20 @@ def make_demo_data(
     scale: float = DEFAULT_SCALE,
     *,
     style: DemoStyle | None = None,
+    layout: str = "competition",
+    layers: str = "tif",
     progress: bool = False,
 ) -> Path:
     """Write the demo dataset to `out` (created; existing demo files are overwritten), in
-    `style` (default: the original demo's); the style is recorded in `out/style.json`."""
+    `style` (default: the original demo's) and `layout` (LAYOUTS; `layers`: the segments
+    layout's layer format, LAYER_FORMATS); the style is recorded in `out/style.json`."""
     from kit.data.folds import STANDARD_FOLDS, write_folds
 
+    if layout not in LAYOUTS:
+        raise KitError(f"unknown demo layout {layout!r}; valid: {list(LAYOUTS)}")
+    if layers not in LAYER_FORMATS:
+        raise KitError(f"unknown layer format {layers!r}; valid: {list(LAYER_FORMATS)}")
+    write = LAYOUTS[layout]
     out = Path(out)
     style = style or DemoStyle()
     shapes = {k: _scaled(v, scale) for k, v in REAL_SHAPES.items()}
@@ -223,13 +236,13 @@ def make_demo_data(
         frag = synth_fragment(
             shape, seed=seed, index=index, scale=scale, balance=split_rows.get(fid), style=style
         )
-        _write_fragment(out / "train" / fid, frag, labels=True, progress=progress)
+        write(out / "train" / fid, frag, labels=True, layers=layers, progress=progress)
     test = synth_fragment(shapes["1"], seed=seed, index=len(shapes), scale=scale, style=style)
     cut = round(TEST_SPLIT["a"][1] / REAL_SHAPES["1"][0] * shapes["1"][0])
     solution = []
     for i, (tid, rows) in enumerate((("a", slice(0, cut)), ("b", slice(cut, None)))):
         part = _crop(test, rows, noise_seed=test.noise_seed + 1 + i)
-        _write_fragment(out / "test" / tid, part, labels=False, progress=progress)
+        write(out / "test" / tid, part, labels=False, layers=layers, progress=progress)
         solution.append((tid, rle.encode(test.labels[rows]), *test.labels[rows].shape))
     write_csv(
         out / "sample_submission.csv", ["Id", "Predicted"], [(t, "1 1") for t, *_ in solution]
@@ -431,15 +444,23 @@ def _crop(frag: SynthFragment, rows: slice, noise_seed: int) -> SynthFragment:
     )  # fmt: skip
 
 
-def _write_fragment(path: Path, frag: SynthFragment, *, labels: bool, progress: bool) -> None:
-    from tqdm import tqdm
+def _file_slices(frag: SynthFragment, progress: bool, name: str):
+    """(file index, uint16 slice) in file order: reversed styles store the deepest slice first."""
+    from kit.progress import progress_bar
 
+    slices = progress_bar(range(N_SLICES), desc=f"fragment {name}", unit="slice",
+                          enabled=progress)  # fmt: skip
+    for index in slices:
+        yield index, frag.slice(N_SLICES - 1 - index if frag.style.reverse else index)
+
+
+def _write_competition(
+    path: Path, frag: SynthFragment, *, labels: bool, layers: str, progress: bool
+) -> None:
     names = CompetitionLayout
-    volume = path / names.slice_dir
-    for z in tqdm(range(N_SLICES), desc=f"fragment {path.name}", disable=not progress):
-        index = N_SLICES - 1 - z if frag.style.reverse else z
+    for index, image in _file_slices(frag, progress, path.name):
         # Uncompressed and contiguous, so the reader memory-maps the slices.
-        write_tiff(volume / f"{index:02d}.tif", frag.slice(z), photometric="minisblack")
+        write_tiff(path / names.slice_dir / f"{index:02d}.tif", image, photometric="minisblack")
     write_png(path / names.mask_name, frag.mask.astype(np.uint8) * 255)
     if labels:
         write_png(path / names.labels_name, frag.labels * 255)
@@ -447,3 +468,42 @@ def _write_fragment(path: Path, frag: SynthFragment, *, labels: bool, progress: 
         write_csv(
             path / "inklabels_rle.csv", ["Id", "Predicted"], [(path.name, rle.encode(frag.labels))]
         )
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """uint16 -> the 8-bit layer the reader scales back by 257 (round(v / 257))."""
+    return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+LAYER_FORMATS = {  # suffix, and what is written: uint16 TIFF, or 8-bit PNG / JPEG (quality 95)
+    "tif": lambda path, image: write_tiff(path, image, photometric="minisblack"),
+    "png": lambda path, image: write_png(path, to_uint8(image)),
+    "jpg": lambda path, image: write_png(path, to_uint8(image), [cv2.IMWRITE_JPEG_QUALITY, 95]),
+}
+
+
+def _write_segment(
+    path: Path, frag: SynthFragment, *, labels: bool, layers: str, progress: bool
+) -> None:
+    for index, image in _file_slices(frag, progress, path.name):
+        LAYER_FORMATS[layers](path / SegmentLayout.layer_dir / f"{index:02d}.{layers}", image)
+    _write_segment_pngs(path, frag, labels=labels)
+
+
+def _write_segment_pngs(path: Path, frag: SynthFragment, *, labels: bool) -> None:
+    names = segment_pngs(path)
+    write_png(names["mask"], frag.mask.astype(np.uint8) * 255)
+    if labels:
+        write_png(names["labels"], frag.labels * 255)
+
+
+def _write_zarr(
+    path: Path, frag: SynthFragment, *, labels: bool, layers: str, progress: bool
+) -> None:
+    volume = (image for _, image in _file_slices(frag, progress, path.name))
+    write_zarr(path / f"{path.name}.zarr", volume, shape=(N_SLICES, *frag.shape),
+               dtype=np.uint16, chunks=(1, 128, 128), ome="0.4")  # fmt: skip
+    _write_segment_pngs(path, frag, labels=labels)
+
+
+LAYOUTS = {"competition": _write_competition, "segments": _write_segment, "zarr": _write_zarr}

@@ -29,9 +29,13 @@ class FoldsError(KitError, ValueError):
     """A folds CSV that does not follow the schema; the message names the file and the row."""
 
 
+TRAIN_ONLY = -1  # the fold of regions every fold trains on and none holds out (pseudo-labels)
+
+
 @dataclass(frozen=True)
 class Region:
-    """Rows row_start..row_end (fractions of the height) of one fragment, held out in `fold`."""
+    """Rows row_start..row_end (fractions of the height) of one fragment, held out in `fold`
+    (TRAIN_ONLY: never held out, trained on by every fold)."""
 
     fragment: str
     fold: int
@@ -90,8 +94,8 @@ def check_regions(regions: list[Region], *, source: str = "folds") -> None:
 
 
 def folds_of(regions: list[Region]) -> list[int]:
-    """The fold numbers present, sorted."""
-    return sorted({r.fold for r in regions})
+    """The fold numbers present (the folds a run can hold out), sorted."""
+    return sorted({r.fold for r in regions if r.fold != TRAIN_ONLY})
 
 
 def validation_regions(regions: list[Region], fold: int) -> list[Region]:
@@ -239,8 +243,11 @@ def _parse_row(path: Path, line: int, row: list[str]) -> Region:
         region = Region(fragment, int(fold), float(start), float(end))
     except ValueError as exc:
         raise FoldsError(f"{path} line {line}: {exc}; fold is an integer, rows are 0..1") from exc
-    if not fragment or region.fold < 0:
-        raise FoldsError(f"{path} line {line}: fragment must be non-empty and fold >= 0")
+    if not fragment or region.fold < TRAIN_ONLY:
+        raise FoldsError(
+            f"{path} line {line}: fragment must be non-empty and fold >= 0 "
+            f"(or {TRAIN_ONLY}: trained on by every fold, never held out)"
+        )
     if not 0.0 <= region.row_start < region.row_end <= 1.0:
         raise FoldsError(
             f"{path} line {line}: rows {start}..{end} must satisfy 0 <= row_start < row_end <= 1 "
@@ -269,8 +276,8 @@ def fold_fragments(data_dir: Path, fold: int, folds_csv: Path) -> tuple[list, di
     from kit.data.layout import fragment_path
 
     regions = load_folds(folds_csv)
-    if not any(r.fold == fold for r in regions):
-        folds = sorted({r.fold for r in regions})
+    if fold not in folds_of(regions):
+        folds = folds_of(regions)
         raise KitError(f"{folds_csv} has no regions for fold {fold}; folds there: {folds}")
     fix = f"{folds_csv} names it; write a split for this dataset: python -m kit folds --data {data_dir}"
     names = sorted({r.fragment for r in regions})

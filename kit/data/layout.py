@@ -6,10 +6,23 @@ A *layout* is one on-disk arrangement of a fragment directory; the competition's
     <id>/mask.png                          papyrus outline (non-zero = papyrus)
     <id>/inklabels.png                     ink labels (train only)
     <id>/ir.png                            infrared photograph (train only)
+    <id>/ignore.png                        optional, the kit's: pixels no loss or metric counts
 
-A new arrangement (scroll segments, zarr volumes) is one `Layout` subclass under `@register`:
-`why_not` recognises its fragment directories, `files` names their files. Reading those files
-stays in `kit.data.fragment`; this module only looks at names, never at pixels.
+Scroll segments (the layout of the Vesuvius Challenge's segment downloads) and zarr volumes:
+
+    <id>/layers/00.tif .. NN.tif           uint16 or uint8 layers (or .jpg / .png), H×W each
+    <id>/<id>_mask.png, <id>_inklabels.png  the outline and the ink labels (train only)
+    <id>/<id>_ignore.png                   optional: non-zero pixels count in no loss or metric
+
+    <id>/<name>.zarr                       one zarr array (z, y, x), or an OME-Zarr 0.4/0.5
+                                           group whose level 0 is read; same <id>_*.png files
+
+A new arrangement is one `Layout` subclass under `@register`: `why_not` recognises its fragment
+directories, `files` names their files. Reading those files stays in `kit.data.fragment`; this
+module only looks at names, never at pixels. A dataset may mix layouts. Beside the fragments
+(`DATA/segments.csv`, or in the folder of fragments) an optional table fixes the layer window
+and order of some fragments (`segment_table`; read by kit.data.fragment, applied by
+kit.data.preprocess.layer_window).
 
 A dataset is searched the same way everywhere (`find_fragments`): a directory that is itself a
 fragment; a dataset root holding train/ and test/ (the split that was asked for is read); or a
@@ -20,7 +33,7 @@ predictions (<id>.png) and the submission rows all key on it, and fragments come
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -44,10 +57,14 @@ class FragmentFiles:
 
     id: str
     root: Path
-    slices: tuple[Path, ...]  # slice z is slices[z]
+    slices: tuple[Path, ...]  # slice z is slices[z]; () when the volume is one zarr array
     mask: Path
     labels: Path | None = None
     ir: Path | None = None
+    ignore: Path | None = None  # optional pixels left out of every loss and metric
+    volume: Path | None = None  # a zarr array or OME-Zarr group holding all slices
+    table: Path | None = None  # the segments.csv that may fix this fragment's layer window
+    layout: str = ""  # the name of the layout that found these files
 
     @property
     def has_labels(self) -> bool:
@@ -56,6 +73,10 @@ class FragmentFiles:
     @property
     def has_ir(self) -> bool:
         return self.ir is not None and self.ir.exists()
+
+    @property
+    def has_ignore(self) -> bool:
+        return self.ignore is not None and self.ignore.exists()
 
 
 class Layout:
@@ -99,6 +120,7 @@ class CompetitionLayout(Layout):
     mask_name = "mask.png"
     labels_name = "inklabels.png"
     ir_name = "ir.png"
+    ignore_name = "ignore.png"
 
     def why_not(self, path: Path) -> str | None:
         if (path / self.slice_dir).is_dir():
@@ -109,7 +131,78 @@ class CompetitionLayout(Layout):
         return FragmentFiles(
             id=path.name, root=path, slices=numbered_slices(path / self.slice_dir),
             mask=path / self.mask_name, labels=path / self.labels_name, ir=path / self.ir_name,
+            ignore=path / self.ignore_name,
         )  # fmt: skip
+
+
+@register
+class SegmentLayout(Layout):
+    """A scroll segment: layers/NN.{tif,jpg,png} and <id>_mask.png, ... (module docstring)."""
+
+    name = "segments"
+    needs = "layers/00.tif (or .jpg, .png), 01, ... and <id>_mask.png"
+    layer_dir = "layers"
+    suffixes = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+
+    def why_not(self, path: Path) -> str | None:
+        if (path / self.layer_dir).is_dir():
+            return None
+        return f"{path / self.layer_dir} is missing: a segment needs layers/00.tif (or .jpg, .png), ..."
+
+    def files(self, path: Path) -> FragmentFiles:
+        return FragmentFiles(
+            id=path.name, root=path, slices=numbered_slices(path / self.layer_dir, self.suffixes),
+            **segment_pngs(path),
+        )  # fmt: skip
+
+
+@register
+class ZarrLayout(Layout):
+    """A zarr volume: <id>/<name>.zarr (z, y, x) and <id>_mask.png, ... (module docstring)."""
+
+    name = "zarr"
+    needs = "one <name>.zarr volume and <id>_mask.png"
+
+    def why_not(self, path: Path) -> str | None:
+        found = _zarr_dirs(path)
+        if len(found) == 1:
+            return None
+        if found:
+            names = ", ".join(p.name for p in found)
+            return f"{path} holds several zarr volumes ({names}): a fragment has one"
+        return f"{path} holds no <name>.zarr volume"
+
+    def files(self, path: Path) -> FragmentFiles:
+        (volume,) = _zarr_dirs(path)
+        return FragmentFiles(
+            id=path.name, root=path, slices=(), volume=volume, **segment_pngs(path)
+        )
+
+
+def segment_pngs(path: Path) -> dict[str, Path]:
+    """A segment's <id>_mask.png, <id>_inklabels.png and <id>_ignore.png (FragmentFiles fields)."""
+    return {
+        "mask": path / f"{path.name}_mask.png",
+        "labels": path / f"{path.name}_inklabels.png",
+        "ignore": path / f"{path.name}_ignore.png",
+    }
+
+
+def _zarr_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("*.zarr") if p.is_dir())
+
+
+SEGMENT_TABLE = "segments.csv"
+SEGMENT_COLUMNS = ["id", "z_start", "z_end", "reverse"]
+
+
+def segment_table(path: Path) -> Path | None:
+    """The segments.csv for fragment directory `path`: in the folder holding it (a folder of
+    fragments) or the one above (a dataset root holding train/ and test/); None when neither."""
+    for folder in (path.parent, path.parent.parent):
+        if (folder / SEGMENT_TABLE).is_file():
+            return folder / SEGMENT_TABLE
+    return None
 
 
 def numbered_slices(
@@ -156,7 +249,8 @@ def layout_of(path: Path) -> Layout:
 
 def fragment_files(path: Path) -> FragmentFiles:
     """The files of fragment directory `path`, in whichever registered layout it is."""
-    return layout_of(path).files(path)
+    layout = layout_of(path)
+    return replace(layout.files(path), table=segment_table(path), layout=layout.name)
 
 
 def find_fragments(path: str | Path, split: Split) -> list[Path]:

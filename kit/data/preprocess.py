@@ -1,5 +1,6 @@
 """The one preprocessing path shared by training, validation and inference.
 
+    layer_window(fragment, data)              -> (z_start, z_end, reverse) the model reads there
     read_window(fragment, data, y, x, h, w)  -> uint16 (C, h, w) on the host (zero-padded outside)
     fragment_stats(fragment, data)            -> NormStats (per fragment, from sampled mask rows)
     normalize(batch, stats, data)             -> float32 (B, C, h, w) on the device
@@ -53,12 +54,33 @@ def read_window(fragment: Fragment, data: DataConfig, y: int, x: int, h: int, w:
     return out
 
 
-def _volume(fragment: Fragment, data: DataConfig, rows: slice, cols: slice) -> np.ndarray:
-    """The window's slices in model order: deepest first when data.reverse."""
+def layer_window(fragment: Fragment, data: DataConfig) -> tuple[int, int, bool]:
+    """(z_start, z_end, reverse): the slices the model reads from `fragment`, and their order.
+
+    data's window, unless the fragment has a row in its segments.csv (`Fragment.window`): then
+    that row's order, and the model's data.in_channels slices centred on that row's window
+    (exactly the row's slices when it is as wide; shifted inside the volume at its ends).
+    """
     if data.unresolved:
         raise FragmentError(f"data.{data.unresolved[0]}='auto' must be resolved before reading")
-    volume = fragment.read(data.z_start, data.z_end, rows, cols)
-    return np.ascontiguousarray(volume[::-1]) if data.reverse else volume
+    row = fragment.window
+    if row is None:
+        return data.z_start, data.z_end, data.reverse
+    width, n = data.in_channels, fragment.n_slices
+    if width > n:
+        raise FragmentError(
+            f"the model reads {width} slices but {fragment.path} has {n}; use a model trained "
+            "on fewer slices"
+        )
+    z_start = min(max(round((row.z_start + row.z_end - width) / 2), 0), n - width)
+    return z_start, z_start + width, row.reverse
+
+
+def _volume(fragment: Fragment, data: DataConfig, rows: slice, cols: slice) -> np.ndarray:
+    """The window's slices in model order: deepest first when reversed (`layer_window`)."""
+    z_start, z_end, reverse = layer_window(fragment, data)
+    volume = fragment.read(z_start, z_end, rows, cols)
+    return np.ascontiguousarray(volume[::-1]) if reverse else volume
 
 
 def fragment_stats(fragment: Fragment, data: DataConfig, *, max_rows: int = 256) -> NormStats:
@@ -70,11 +92,12 @@ def fragment_stats(fragment: Fragment, data: DataConfig, *, max_rows: int = 256)
         np.linspace(0, fragment.shape[0] - 1, min(max_rows, fragment.shape[0])).astype(int)
     )
     rows = rows[mask[rows].any(axis=1)]
+    z_start, z_end, _ = layer_window(fragment, data)
     # A 65536-bin histogram of the uint16 samples instead of a float64 copy of them: fragment 2
     # with 30 slices samples ~50 M values (0.4 GB as float64, twice that inside np.percentile).
     hist = np.zeros(65536, dtype=np.int64)
     for r in rows:
-        values = fragment.read(data.z_start, data.z_end, slice(r, r + 1))[:, 0, mask[r]]
+        values = fragment.read(z_start, z_end, slice(r, r + 1))[:, 0, mask[r]]
         hist += np.bincount(values.ravel(), minlength=65536)
     if data.norm == "percentile":
         lo, hi = (_histogram_percentile(hist, q) for q in (data.p_low, data.p_high))

@@ -27,6 +27,7 @@ import torch
 
 from kit.config import Config, DataConfig
 from kit.data.fragment import Fragment
+from kit.errors import KitError
 
 BAND_ROWS = 16  # rows read together (all slices of them)
 MAX_BANDS = 32  # per fragment: bounds the read to 512 rows whatever the fragment's height
@@ -48,6 +49,7 @@ class FragmentProbe:
     ink_pixels: int
     reversed: bool
     window: tuple[int, int] = (0, 0)  # recommended [z_start, z_end) for this fragment alone
+    fixed: bool = False  # segments.csv fixes its window and order: not pooled (see combine)
 
 
 @dataclass
@@ -90,12 +92,21 @@ def probe_fragment(
     return FragmentProbe(
         id=fragment.id, signal=signal.round(4).tolist(), profile=profile.round(1).tolist(),
         surface=surface, ink_pixels=int(counts[0]), reversed=reversed_,
-        window=recommend_window(signal),
+        window=recommend_window(signal), fixed=fragment.window is not None,
     )  # fmt: skip
 
 
 def combine(probes: list[FragmentProbe]) -> DatasetProbe:
-    """The dataset's window and layer order from its fragments (ink-pixel weighted)."""
+    """The dataset's window and layer order from its fragments (ink-pixel weighted). Fragments
+    whose window segments.csv fixes are read with theirs, so they do not choose the others'
+    (unless all are fixed: then the pooled window still sets the model's number of slices)."""
+    all_probes, probes = probes, [p for p in probes if not p.fixed] or probes
+    depths = {p.id: len(p.signal) for p in probes}
+    if len(set(depths.values())) > 1:
+        raise KitError(
+            f"the probed fragments have different numbers of slices {depths}: one window cannot "
+            "be pooled; set data.z_start/z_end, or give each a row in segments.csv"
+        )
     weights = np.array([p.ink_pixels for p in probes], dtype=np.float64)
     signals = np.array([p.signal for p in probes])
     if weights.sum() == 0:
@@ -111,7 +122,7 @@ def combine(probes: list[FragmentProbe]) -> DatasetProbe:
     if len(set(signs.values())) > 1:
         notes.append(f"ink is denser than papyrus in some fragments, lighter in others: {signs}")
     return DatasetProbe(
-        fragments=probes, signal=pooled.round(4).tolist(), window=recommend_window(pooled),
+        fragments=all_probes, signal=pooled.round(4).tolist(), window=recommend_window(pooled),
         reverse=bool(reverse), notes=notes,
     )  # fmt: skip
 

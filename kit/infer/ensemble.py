@@ -3,6 +3,7 @@
     resolve_members(specs, weights)  RUN_DIR | RUN_DIR:W | CKPT.pt | DIR of runs -> [Member]
     load_members(members, overrides)  -> [LoadedMember]: model + its own Config, strictly loaded
     predict_ensemble(loaded, fragment) -> uint8 (H, W) = round(Σ wᵢ·pᵢ / Σ wᵢ), pᵢ = member maps
+    mean_maps(maps, weights)         -> that mean of given uint8 maps (evaluate, weight search)
 
 Every member keeps its own preprocessing (slices, normalisation, tile, stride, TTA) from its
 checkpoint, so a SAM fold and a U-Net fold average correctly. Members are combined as their
@@ -21,6 +22,7 @@ from kit.config import Config, ConfigError, apply_overrides, config_to_dict
 from kit.data.fragment import Fragment
 from kit.errors import KitError
 from kit.infer.stitch import predict_fragment, to_channels_last
+from kit.io import release_rows, scratch_array
 from kit.run import MemberId, RunDir
 
 
@@ -169,13 +171,18 @@ def _check_run_config(checkpoint: Path, config: Config) -> None:
 
 def check_compatible(loaded: list[LoadedMember], fragment: Fragment) -> None:
     """Fail before any work when a member needs slices or inputs the fragment lacks."""
+    from kit.data.preprocess import layer_window
+
     for lm in loaded:
         data = lm.config.data
-        if data.input_mode == "volume" and data.z_end > fragment.n_slices:
-            raise KitError(
-                f"{lm.member.checkpoint} reads slices {data.z_start}..{data.z_end - 1} but "
-                f"{fragment.path} has {fragment.n_slices}; use a checkpoint trained on fewer slices"
-            )
+        if data.input_mode == "volume":
+            z_start, z_end, _ = layer_window(fragment, data)
+            if z_end > fragment.n_slices:
+                raise KitError(
+                    f"{lm.member.checkpoint} reads slices {z_start}..{z_end - 1} but "
+                    f"{fragment.path} has {fragment.n_slices}; use a checkpoint trained on "
+                    "fewer slices"
+                )
         if data.input_mode == "ir" and not fragment.has_ir:
             raise KitError(
                 f"{lm.member.checkpoint} reads the infrared image, but {fragment.files.ir} does "
@@ -189,32 +196,56 @@ def predict_ensemble(
     *,
     device: str = "cpu",
     progress: bool = True,
+    own: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Weighted mean of the members' maps, uint8 (H, W); one float32 (H, W) sum when > 1 member."""
+    """Weighted mean of the members' maps, uint8 (H, W) (`mean_maps`); `own` rows only when
+    given (kit.infer.stitch.predict_fragment). With several members each
+    map waits in a scratch file (kit.io.scratch_array) until all are done, so host memory holds
+    one member's map and a band of the mean, never an (H, W) float map."""
     check_compatible(loaded, fragment)
     active = [lm for lm in loaded if lm.member.weight > 0]
-    total = sum(lm.member.weight for lm in active)
-    acc = None
+    if len(active) == 1:
+        model = active[0].model.to(device)
+        return predict_fragment(
+            model, active[0].config, fragment, device=device, progress=progress,
+            label=f"{active[0].member.name}: fragment {fragment.id}", own=own,
+        )  # fmt: skip
+    maps = []
     for lm in active:
         model = lm.model.to(device)
-        pred = predict_fragment(model, lm.config, fragment, device=device, progress=progress)
-        if len(active) > 1:
-            lm.model.to("cpu")  # one member on the accelerator at a time
-        if len(active) == 1:
-            return pred
-        acc = np.zeros(pred.shape, np.float32) if acc is None else acc
-        for r in range(0, len(pred), 1024):  # row chunks: no full-size float temporaries
-            acc[r : r + 1024] += pred[r : r + 1024] * np.float32(lm.member.weight / total)
-    out = np.empty(acc.shape, np.uint8)
-    for r in range(0, len(acc), 1024):
-        out[r : r + 1024] = np.clip(np.rint(acc[r : r + 1024]), 0, 255)
-    return out
+        pred = predict_fragment(
+            model, lm.config, fragment, device=device, progress=progress,
+            label=f"{lm.member.name}: fragment {fragment.id}", own=own,
+        )  # fmt: skip
+        lm.model.to("cpu")  # one member on the accelerator at a time
+        kept = scratch_array(pred.shape, np.uint8)
+        for r0, r1 in _bands(kept):
+            kept[r0:r1] = pred[r0:r1]
+            release_rows(kept, r0, r1)
+        maps.append(kept)
+        del pred
+    return mean_maps(maps, [lm.member.weight for lm in active])
+
+
+BAND_PIXELS = 1 << 22  # the float32 band mean_maps sums in: 16 MB
+
+
+def _bands(array: np.ndarray) -> list[tuple[int, int]]:
+    """Row ranges of `array` of about BAND_PIXELS elements each."""
+    rows = max(1, BAND_PIXELS // max(int(np.prod(array.shape[1:])), 1))
+    return [(r, min(r + rows, len(array))) for r in range(0, len(array), rows)]
 
 
 def mean_maps(maps: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Weighted mean of uint8 maps, rounded, uint8: what predict_ensemble computes."""
+    """Weighted mean of uint8 maps (any shape, all alike; memory-mapped ones are read by bands
+    and their pages released), rounded, uint8: what predict_ensemble, evaluate and the weight
+    search compute. Per pixel Σᵢ mᵢ·(wᵢ/Σw) in float32, members in order."""
     total = float(sum(weights))
-    acc = np.zeros(maps[0].shape, np.float32)
-    for m, w in zip(maps, weights, strict=True):
-        acc += m * np.float32(w / total)
-    return np.clip(np.rint(acc), 0, 255).astype(np.uint8)
+    out = np.empty(maps[0].shape, np.uint8)
+    for r0, r1 in _bands(out):
+        acc = np.zeros(out[r0:r1].shape, np.float32)
+        for m, w in zip(maps, weights, strict=True):
+            acc += m[r0:r1] * np.float32(w / total)
+            release_rows(m, r0, r1)
+        out[r0:r1] = np.clip(np.rint(acc), 0, 255)
+    return out

@@ -1,6 +1,8 @@
 """Streamed sliding-window inference over one fragment: the function validation and test share.
 
     predict_fragment(model, config, fragment, rows=(r0, r1)) -> uint8 (H, W) probability × 255
+    predict_fragment(..., own=(a, b))  -> only output rows a..b, bit for bit what the whole run
+                                          gives there (one part of a prediction shared out)
     to_channels_last(model) -> model: the layout the CUDA path feeds (rank-4 conv weights only)
 
 The fragment is read in horizontal bands one tile high, one band per row of tiles (each read
@@ -28,12 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from kit.config import Config
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize, read_window
 from kit.infer.tta import check_tta, tta_probabilities
+from kit.progress import progress_bar
 from kit.tiles import add_tile, finish_uint8, mask_fractions, tile_positions, window_weights
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,6 +97,8 @@ def predict_fragment(
     rows: tuple[int, int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    label: str | None = None,
+    own: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Stitched probability map, uint8 (H, W) = round(p × 255); 0 outside `rows` and the mask.
 
@@ -103,8 +107,15 @@ def predict_fragment(
     (config.infer.tta), window (config.infer.window), stride (config.infer.stride, 0 =
     config.data.stride), batch size and AMP (config.infer.*, CUDA only) come from `config`.
     The model's train/eval mode is restored. Device memory: see the module docstring.
+    `label` names the progress bar (default "fragment <id>").
+
+    `own` (rows a..b): only those output rows are made (0 elsewhere), from the same tiles in the
+    same batches as the whole map: batches that reach none of those rows are skipped, the rest
+    run exactly as they would, so the rows equal the whole run's bit for bit (a part of a
+    prediction shared between processes or machines; every band is still read).
     """
     plan = plan_tiles(config, fragment, rows)
+    wanted = _wanted(own, plan.tile)
     out = np.zeros(fragment.shape, dtype=np.uint8)
     if plan.n_tiles == 0:
         return out
@@ -113,13 +124,13 @@ def predict_fragment(
     forward = _batch_predictor(model, config, stats, device)
     window = torch.from_numpy(window_weights(plan.tile, config.infer.window)).to(device)
     acc = _RowAccumulator(plan.c0, plan.c1 - plan.c0, window)
-    writer = _RowWriter(out, fragment.mask(), plan)
+    writer = _RowWriter(out, fragment.mask(), _owned(plan, own))
     queue: deque[tuple[int, int, torch.Tensor]] = deque()
     batch_size = max(1, config.infer.batch_size)
     was_training = model.training
     model.eval()
-    bar = tqdm(
-        total=plan.n_tiles, desc=f"fragment {fragment.id}", unit="tile", disable=not progress
+    bar = progress_bar(
+        total=plan.n_tiles, desc=label or f"fragment {fragment.id}", unit="tile", enabled=progress
     )
     try:
         with torch.inference_mode():
@@ -129,14 +140,15 @@ def predict_fragment(
                     (y, int(x), band[:, :, x - plan.c0 : x - plan.c0 + t]) for x in plan.band_xs[k]
                 )
                 while len(queue) >= batch_size:
-                    _run_batch(forward, acc, [queue.popleft() for _ in range(batch_size)], bar)
+                    batch = [queue.popleft() for _ in range(batch_size)]
+                    _run_batch(forward, acc, batch, bar, wanted)
                 # the band is overwritten in place by the next one: detach the few pending tiles
                 queue = deque((ty, tx, tile.clone()) for ty, tx, tile in queue)
                 following = plan.band_ys[k + 1] if k + 1 < len(plan.band_ys) else fragment.shape[0]
                 frontier = min(following, queue[0][0]) if queue else following
                 writer.put(*acc.flush(frontier))
             if queue:
-                _run_batch(forward, acc, list(queue), bar)
+                _run_batch(forward, acc, list(queue), bar, wanted)
             writer.put(*acc.flush(fragment.shape[0] + plan.tile))
             writer.close()
     finally:
@@ -170,7 +182,29 @@ def _batch_predictor(model, config: Config, stats: torch.Tensor, device: torch.d
     return predict
 
 
-def _run_batch(forward, acc: _RowAccumulator, items: list, bar: tqdm) -> None:
+def _wanted(own: tuple[int, int] | None, tile: int):
+    """Whether a batch of (y, x, tile) items reaches output rows `own` (always, without)."""
+    if own is None:
+        return lambda items: True
+    a, b = own
+    return lambda items: any(y < b and y + tile > a for y, _, _ in items)
+
+
+def _owned(plan: TilePlan, own: tuple[int, int] | None) -> TilePlan:
+    """The plan whose output rows are plan.rows cut to `own` (what the writer may write)."""
+    if own is None:
+        return plan
+    from dataclasses import replace
+
+    r0, r1 = plan.rows
+    a, b = max(r0, own[0]), min(r1, own[1])
+    return replace(plan, rows=(a, max(a, b)))
+
+
+def _run_batch(forward, acc: _RowAccumulator, items: list, bar, wanted) -> None:
+    if not wanted(items):  # reaches none of the rows this part makes
+        bar.update(len(items))
+        return
     probs = forward(torch.stack([tile for _, _, tile in items]))
     for (y, x, _), prob in zip(items, probs, strict=True):
         acc.add(prob, y, x)

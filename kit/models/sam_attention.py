@@ -115,6 +115,9 @@ def _rel_index(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     key = (size, length, rel_pos.device)
     index = _REL_INDEX.get(key)
     if index is None:
-        coords = torch.arange(size, device=rel_pos.device)
-        index = _REL_INDEX[key] = coords[:, None] - coords[None, :] + size - 1
+        # a normal tensor even when first built under inference_mode (validation), or training
+        # after it could not index with it
+        with torch.inference_mode(False):
+            coords = torch.arange(size, device=rel_pos.device)
+            index = _REL_INDEX[key] = coords[:, None] - coords[None, :] + size - 1
     return index

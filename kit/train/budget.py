@@ -162,7 +162,7 @@ def calibrate(trainer, *, steps: int = CALIBRATION_STEPS) -> Timings:
     tiles = ddp.shard(tiles, tr.info)
     dataset = TileDataset(
         tr.data.train, tr.data.train_labels, tr.stats, tiles, tr.config.data,
-        skip_image=tr._skip_images(tiles),
+        ignore=tr.data.train_ignore, skip_image=tr._skip_images(tiles),
     )  # fmt: skip
     loader = tile_loader(dataset, batch_size=per_step, num_workers=t.num_workers, device=tr.device)
     start = now()
@@ -234,7 +234,7 @@ def _validation_seconds(tr) -> float:
         keep = np.zeros(f.shape[0], dtype=bool)
         for a, b in ranges:
             keep[a:b] = True
-        inside = f.mask() & keep[:, None]
+        inside = f.scored() & keep[:, None]
         targets.append(f.labels()[inside])
         probs.append(np.zeros(f.shape, dtype=np.uint8)[inside])
     best_threshold(np.concatenate(probs), np.concatenate(targets))

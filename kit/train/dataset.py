@@ -2,7 +2,8 @@
 
 Workers read only the tile's window through `kit.data.preprocess.read_window` (never a whole
 volume) and return it still as uint16, with the fragment's normalisation stats and the label
-window; normalisation and augmentation happen batched on the device (`kit.train.step`).
+window and its ignore window (the pixels no loss counts); normalisation and augmentation happen
+batched on the device (`kit.train.step`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from kit.data.preprocess import read_window
 class TileDataset(Dataset):
     """Item i = tile `tiles[i]` = (fragment index, y, x) of size data.tile.
 
-    Returns {"image": uint16 (C, T, T), "label": uint8 (1, T, T), "stats": float32 (2,),
-    "tile": int64 (3,) the tile row}. Where `skip_image[i]` is true the image is zeros and never
-    read (its embedding is already cached; see `kit.models.sam_training`).
-    Labels (2-D uint8, one per fragment) are held in memory and shared copy-on-write with forked
+    Returns {"image": uint16 (C, T, T), "label": uint8 (1, T, T), "ignore": uint8 (1, T, T)
+    (1 = counts in no loss; only when some fragment has an ignore mask, so that the step knows
+    without reading a tensor), "stats": float32 (2,), "tile": int64 (3,) the tile row}. Where
+    `skip_image[i]` is true the image is zeros and never read (its embedding is already cached;
+    see `kit.models.sam_training`). Labels and ignore masks (2-D, one per fragment; an ignore
+    mask None where a fragment has none) are held in memory and shared copy-on-write with forked
     workers; the fragments pickle as paths and reopen their files in each worker.
     """
 
@@ -36,9 +39,11 @@ class TileDataset(Dataset):
         tiles: np.ndarray,
         data: DataConfig,
         *,
+        ignore: Sequence[np.ndarray | None] | None = None,
         skip_image: np.ndarray | None = None,
     ):
         self.fragments, self.labels, self.stats = list(fragments), list(labels), stats
+        self.ignore = list(ignore) if ignore is not None else [None] * len(self.fragments)
         self.tiles, self.data, self.skip_image = tiles, data, skip_image
 
     def __len__(self) -> int:
@@ -51,16 +56,24 @@ class TileDataset(Dataset):
             image = np.zeros((self.data.in_channels, t, t), dtype=np.uint16)
         else:
             image = read_window(self.fragments[index], self.data, y, x, t, t)
-        return {
+        item = {
             "image": torch.from_numpy(image),
             "label": torch.from_numpy(_label_window(self.labels[index], y, x, t)[None]),
             "stats": self.stats[index],
             "tile": torch.from_numpy(np.asarray(self.tiles[i], dtype=np.int64)),
         }
+        if any(m is not None for m in self.ignore):
+            ignore = self.ignore[index]
+            ignored = (
+                np.zeros((t, t), np.uint8) if ignore is None else _label_window(ignore, y, x, t)
+            )
+            item["ignore"] = torch.from_numpy(ignored[None])
+        return item
 
 
 def _label_window(label: np.ndarray, y: int, x: int, t: int) -> np.ndarray:
-    """uint8 (t, t) window of a 2-D label map, zero outside it (like read_window)."""
+    """uint8 (t, t) window of a 2-D label (or bool ignore) map, zero outside it (like
+    read_window)."""
     out = np.zeros((t, t), dtype=np.uint8)
     h, w = label.shape
     ys, ye, xs, xe = max(y, 0), min(y + t, h), max(x, 0), min(x + t, w)

@@ -28,12 +28,13 @@ from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats
 from kit.errors import KitError
 from kit.models import build_model, check_model_config, load_pretrained, training_hooks
+from kit.progress import progress_bar
 from kit.run import RunDir
 from kit.train import ddp
 from kit.train.budget import fit_budget, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
 from kit.train.rerun import finished_message, plan, total_steps
-from kit.train.resume import TrainState, check_resumable, restore, save_last
+from kit.train.resume import TrainState, check_disk, check_resumable, restore, save_last
 from kit.train.sampler import epoch_tiles, tile_candidates
 from kit.train.step import Stepper, lr_factor
 from kit.train.validate import validate, write_previews
@@ -57,6 +58,7 @@ class FoldData:
     train: list[Fragment]
     train_labels: list[np.ndarray]
     train_rows: list[list[tuple[int, int]]]
+    train_ignore: list[np.ndarray | None]  # pixels no loss counts (None: the fragment has none)
     val: list[Fragment]
     val_rows: list[list[tuple[int, int]]]
     regions: list  # kit.data.folds.Region held out in this fold
@@ -149,7 +151,7 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
             )
     names = sorted(train_rows)
     labels = []
-    for name in tqdm(names, desc="labels", disable=not progress, leave=False):
+    for name in progress_bar(names, desc="labels", enabled=progress, leave=False):
         label = fragments[name].labels()
         if label is None:
             raise KitError(f"{fragments[name].files.labels} is missing: cannot train")
@@ -162,9 +164,34 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
     ]  # fmt: skip
     return FoldData(
         train=[fragments[n] for n in names], train_labels=labels,
-        train_rows=[train_rows[n] for n in names], val=[fragments[n] for n in sorted(val_rows)],
+        train_rows=[train_rows[n] for n in names],
+        train_ignore=[fragments[n].ignore() if fragments[n].files.has_ignore else None
+                      for n in names], val=[fragments[n] for n in sorted(val_rows)],
         val_rows=[val_rows[n] for n in sorted(val_rows)], regions=held_out, notes=notes,
     )  # fmt: skip
+
+
+def describe_fold(config: Config, data: FoldData, n_tiles: int) -> list[str]:
+    """What a training log (and `train --dry-run`) starts with: the rows it trains on and holds
+    out, its tile count, and the settings that shape the run."""
+    d, t = config.data, config.train
+
+    def rows(fragments, ranges) -> str:
+        return "; ".join(f"{f.id} rows {', '.join(f'{r0}..{r1}' for r0, r1 in rs)}"
+                         for f, rs in zip(fragments, ranges, strict=True))  # fmt: skip
+
+    window = "auto (probed on the training rows when it starts)" if d.unresolved else (
+        f"{d.z_start}..{d.z_end - 1}{' reversed' if d.reverse is True else ''}")  # fmt: skip
+    steps = f"{t.epochs} epochs × {t.steps_per_epoch} steps"
+    if t.budget_minutes > 0:
+        steps += f" (steps per epoch fitted to {t.budget_minutes:g} min when it starts)"
+    return [
+        f"trains on: {rows(data.train, data.train_rows)} ({n_tiles} candidate tiles)",
+        f"holds out: {rows(data.val, data.val_rows)}",
+        f"config {config.name}: slices {window}, tile {d.tile} stride {d.stride}, "
+        f"batch {t.batch_size}×{t.accumulate}, {steps}, lr {t.lr:g} (warmup {t.warmup_steps}), "
+        f"amp {t.amp}, ema {t.ema:g}, seed {t.seed}",
+    ]
 
 
 class _Trainer:
@@ -186,6 +213,7 @@ class _Trainer:
         self.run_dir = RunDir(out)
         self.last_path = self.run_dir.last  # the budget calibration points it at a scratch file
         self.provenance: dict | None = None
+        self.seconds_before = 0.0  # wall time of the invocations this one resumes (run.json)
         self.state = TrainState()
         self.last_tiles = np.zeros((0, 3), dtype=np.int64)  # this rank's tiles of the epoch
 
@@ -210,6 +238,8 @@ class _Trainer:
         if unresolved(self.config):  # before resuming: the resolved config is the run's
             self._resolve_auto()
         resume_state = self._load_last() if decision == "resume" else None
+        if resume_state is not None:
+            self.seconds_before = float(run.record().get("trained", {}).get("seconds", 0.0))
         if resume_state is not None:  # a budgeted run keeps the length it resolved
             self.config = resolved_config(self.config, resume_state["config"])
             check_resumable(self.config, resume_state, self.last_path)
@@ -291,7 +321,10 @@ class _Trainer:
             r = self.init_record
             skipped = "; ".join(r["skipped"]) or "none"
             self._say(f"init from {r['checkpoint']}: {r['loaded']} tensors; skipped: {skipped}")
+        if self.info.is_main:
+            check_disk(self.run_dir, model)
         model = model.to(self.device)
+        self._header(model)
         self.hooks = training_hooks(
             config, model, fragments=[f.id for f in self.data.train],
             n_tiles=len(self.candidates), device=self.device,
@@ -335,9 +368,13 @@ class _Trainer:
                   previous=self.run_dir.last_prev if self.last_path == self.run_dir.last else None)  # fmt: skip
         if self.last_path == self.run_dir.last:  # not the budget calibration's scratch save
             validated = bool(s.history) and s.history[-1]["step"] == s.step and s.pending is None
+            # seconds: the run's own wall time (setup, training, validation) over all its
+            # invocations, so a report after a rerun still tells how long training took
+            seconds = self.seconds_before + time.monotonic() - self.started
             self.run_dir.update_record(trained={"steps": s.step, "validated": validated,
                                                 "best_f05": s.best_score,
-                                                "threshold": s.best_threshold})  # fmt: skip
+                                                "threshold": s.best_threshold,
+                                                "seconds": round(seconds, 1)})  # fmt: skip
 
     # -- training ------------------------------------------------------------------------------
     def _tiles_per_step(self) -> int:
@@ -350,8 +387,8 @@ class _Trainer:
 
     def _train(self, target: int) -> None:
         t, s = self.config.train, self.state
-        bar = tqdm(total=target, initial=s.step, desc=f"train fold {self.fold}",
-                   disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(total=target, initial=s.step, desc=f"train fold {self.fold}",
+                           unit="step", enabled=self.progress)  # fmt: skip
         if s.pending is not None:  # killed during this epoch's validation: validate it now
             self._end_epoch(s.pending, validate=True)
         per_step = self._tiles_per_step()
@@ -366,7 +403,7 @@ class _Trainer:
             self.last_tiles = tiles
             dataset = TileDataset(
                 self.data.train, self.data.train_labels, self.stats, tiles, self.config.data,
-                skip_image=self._skip_images(tiles),
+                ignore=self.data.train_ignore, skip_image=self._skip_images(tiles),
             )  # fmt: skip
             loader = tile_loader(
                 dataset, batch_size=per_step, num_workers=t.num_workers, device=self.device
@@ -470,12 +507,31 @@ class _Trainer:
                 self.run_dir.report, epoch, config=self.config, data=self.data, maps=v.maps,
                 model=self.stepper.model, batch=self.stepper.last_batch, hooks=self.hooks,
             )  # fmt: skip
-        if self.progress:
-            tqdm.write(f"epoch {epoch} step {s.step}: held-out F0.5 {v.score:.4f} at threshold "
-                       f"{v.threshold:.3f} (best {s.best_score:.4f})")  # fmt: skip
+        # a message, not progress: printed with --no-progress too (above a terminal's bar)
+        tqdm.write(f"epoch {epoch} step {s.step}: held-out F0.5 {v.score:.4f} at threshold "
+                   f"{v.threshold:.3f} (best {s.best_score:.4f})")  # fmt: skip
         return {"f05": v.score, "threshold": v.threshold}
 
     # -- output --------------------------------------------------------------------------------
+    def _header(self, model: torch.nn.Module) -> None:
+        """The training log's first lines: who trains what, where, on which rows, with which
+        settings (the full config is config.yaml)."""
+        from kit import __version__
+        from kit.run import MemberId
+
+        n = torch.get_num_threads()
+        threads = f", {n} thread{'s' * (n > 1)}" if self.device.type == "cpu" else ""
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        m = self.config.model
+        self._say(f"inkkit {__version__} train {MemberId.of(self.config)} fold {self.fold} -> "
+                  f"{self.out} (full config: {self.run_dir.config_yaml})")  # fmt: skip
+        self._say(f"device {self.device}{threads}, torch {torch.__version__}, world size "
+                  f"{self.info.world_size}; model {total / 1e6:.2f} M parameters, "
+                  f"{trainable / 1e6:.2f} M trainable ({m.train_mode})")  # fmt: skip
+        for line in describe_fold(self.config, self.data, len(self.candidates)):
+            self._say(line)
+
     def _say(self, msg: str) -> None:
         if self.info.is_main:
             print(msg, flush=True)

@@ -3,6 +3,7 @@ and the run's progress, so `--resume` continues with exactly the batch the run w
 
     save_last(path, config=..., stepper=..., state=...)   rank 0, at epoch ends and mid-epoch
     check_resumable(config, saved, path)                   KitError unless `saved` is this run
+    check_disk(run, model)                                 KitError unless its checkpoints fit
     restore(saved, stepper=..., state=...)                 back to where `saved` left off
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torch
 from kit.checkpoint import save_checkpoint
 from kit.config import Config, config_from_dict, config_to_dict
 from kit.errors import KitError
+from kit.run import RunDir
 from kit.train.rerun import RESUME_FREE
 from kit.train.step import Stepper
 
@@ -66,6 +69,32 @@ def save_last(
                            "tiles": s.epoch_tiles, "seconds": s.epoch_seconds},
         "pending": s.pending,
     }, keep_previous=previous)  # fmt: skip
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """An upper bound of what the run's checkpoints need on disk at once: last.pt (weights, two
+    Adam moments and an EMA or training copy) being written while the previous last.pt,
+    last.prev.pt and best.pt (weights) are still there."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 3 * 4 * weights + weights
+
+
+def check_disk(run: RunDir, model: torch.nn.Module) -> None:
+    """Refuse to start when the disk holding the run's checkpoints cannot take them (the ones
+    already there are replaced, so they count as free)."""
+    folder = run.checkpoints
+    need = checkpoint_bytes(model)
+    there = sum(f.stat().st_size for f in folder.glob("*.pt") if f.is_file())
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free + there
+    if free < need:
+        gib = 1 << 30
+        raise KitError(
+            f"{folder}: {free / gib:.2f} GiB free on its disk, but this run's checkpoints need "
+            f"up to {need / gib:.2f} GiB ({run.last.name} being written beside the one before, "
+            f"{run.last_prev.name} and {run.best.name}); free some space or give --out a "
+            f"directory on another disk"
+        )
 
 
 def check_resumable(config: Config, saved: dict, path: Path) -> None:

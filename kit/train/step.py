@@ -113,29 +113,43 @@ class Stepper:
     def step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One optimiser step over a loader batch; returns the mean loss parts (0-d tensors on
         the device: reading one waits for the step to finish)."""
-        x, y = self.prepare(batch)
-        return self.optimise(x, y, tiles=batch["tile"])
+        x, y, valid = self.prepare(batch)
+        return self.optimise(x, y, tiles=batch["tile"], valid=valid)
 
-    def prepare(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loader batch -> device, normalised and augmented: x (B, C, T, T), y (B, 1, T, T).
+    def prepare(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Loader batch -> device, normalised and augmented: x (B, C, T, T), y (B, 1, T, T) and
+        the loss weights valid (B, 1, T, T), 0 on ignored pixels (None: the batch has none).
         No augmentation when the hooks need plain tiles (cached embeddings are the plain tile's)."""
         nb = self.device.type == "cuda"
         x = batch["image"].to(self.device, non_blocking=nb)
         y = batch["label"].to(self.device, non_blocking=nb).float()
+        ignore = batch.get("ignore")
+        ignored = None  # the key is there only when some training fragment has an ignore mask
+        if ignore is not None:
+            ignored = ignore.to(self.device, non_blocking=nb).float()
+            y = torch.cat([y, ignored], dim=1)  # warped together with the labels
         x = normalize(x, batch["stats"], self.config.data)
         if not self.hooks.plain_tiles:
             x, y = augment_batch(x, y, config=self.config.augment, generator=self.generator)
+        if ignored is not None:
+            y, ignored = y[:, :1], y[:, 1:]
         self.last_batch = (x, y, batch["tile"])
-        return x, y
+        return x, y, None if ignored is None else 1 - ignored
 
     def optimise(
-        self, x: torch.Tensor, y: torch.Tensor, *, tiles: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        tiles: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Forward/backward over micro-batches, clip, optimiser, scheduler and EMA steps.
-        `tiles` (one row per tile) are what the hooks look up (e.g. cached embeddings)."""
+        `tiles` (one row per tile) are what the hooks look up (e.g. cached embeddings); `valid`
+        (B, 1, T, T) weighs each pixel's loss (0 = ignored)."""
         while True:
             try:
-                parts = self._accumulate(x, y, tiles)
+                parts = self._accumulate(x, y, tiles, valid)
                 break
             except (torch.cuda.OutOfMemoryError, _SomeRankOutOfMemory) as error:
                 if self.info.distributed and isinstance(error, torch.cuda.OutOfMemoryError):
@@ -176,7 +190,11 @@ class Stepper:
             self.on_oom(msg)
 
     def _accumulate(
-        self, x: torch.Tensor, y: torch.Tensor, tiles: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        tiles: torch.Tensor | None,
+        valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Gradients of the batch over micro-batches; returns the mean loss parts.
 
@@ -195,18 +213,19 @@ class Stepper:
         for i, start in enumerate(starts):
             part = slice(start, start + micro)
             xc, yc, kwargs = x[part], y[part], kwargs_of(part)
+            vc = None if valid is None else valid[part]
             final = i == len(starts) - 1
             sync = not self.info.distributed or final
             ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
             weight = len(xc) / len(x)
             if final:
-                losses = self._forward(xc, yc, kwargs)
+                losses = self._forward(xc, yc, kwargs, vc)
                 self._backward(losses, weight)
             else:
                 out_of_memory = False
                 try:
                     with ctx:
-                        losses = self._forward(xc, yc, kwargs)
+                        losses = self._forward(xc, yc, kwargs, vc)
                         self._backward(losses, weight)
                 except torch.cuda.OutOfMemoryError:
                     if not self.info.distributed:
@@ -218,14 +237,16 @@ class Stepper:
                 totals[k] = totals.get(k, 0.0) + v.detach().float() * weight
         return totals
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor, kwargs: dict) -> dict:
+    def _forward(
+        self, x: torch.Tensor, y: torch.Tensor, kwargs: dict, valid: torch.Tensor | None = None
+    ) -> dict:
         """Model and loss of one micro-batch under autocast: the loss parts (tensors)."""
         autocast = torch.autocast(
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
         )
         with autocast:
             output = self.forward_model(x, **kwargs)
-            return segmentation_loss(output, y, config=self.config.loss)
+            return segmentation_loss(output, y, config=self.config.loss, valid=valid)
 
     def _backward(self, losses: dict, weight: float) -> None:
         self.scaler.scale(losses["total"].float() * weight).backward()

@@ -3,8 +3,9 @@
     validate(model, config, data, device=...) -> Validation(score, threshold, maps)
     write_previews(folder, epoch, ...)          the `--log-images` pictures of one validation
 
-The score comes from the global counts of all held-out pixels inside the papyrus mask (never an
-average of per-tile scores); the trainer keeps best.pt and the OOF maps of the best one.
+The score comes from the global counts of all held-out pixels inside the papyrus mask and outside
+any ignore mask (`Fragment.scored`; never an average of per-tile scores); the trainer keeps
+best.pt and the OOF maps of the best one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def validate(model: torch.nn.Module, config: Config, data: FoldData, *, device: 
         labels = fragment.labels()
         if labels is None:
             raise KitError(f"{fragment.files.labels} is missing: cannot validate")
-        inside = fragment.mask() & keep[:, None]
+        inside = fragment.scored() & keep[:, None]
         maps[fragment.id] = full
         probs.append(full[inside])
         targets.append(labels[inside])

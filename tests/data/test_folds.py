@@ -79,7 +79,7 @@ def test_write_load_roundtrip(tmp_path):
         ("fragment,fold,row_start,row_end\n1,0,0.5,0.2\n", "line 2: rows"),
         ("fragment,fold,row_start,row_end\n1,0,0,1.5\n", "line 2: rows"),
         ("fragment,fold,row_start,row_end\n1,x,0,1\n", "line 2"),
-        ("fragment,fold,row_start,row_end\n1,-1,0,1\n", "fold >= 0"),
+        ("fragment,fold,row_start,row_end\n1,-2,0,1\n", "fold >= 0"),
         ("fragment,fold,row_start,row_end\n1,0,0,0.6\n1,1,0.5,1\n", "overlap"),
     ],
 )
@@ -136,3 +136,15 @@ def test_cli_folds(demo_dir, tmp_path, capsys):
     assert folds_of(load_folds(out)) == [0, 1, 2]
     assert "fold 2" in capsys.readouterr().out
     assert main(["folds", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+
+
+def test_train_only_regions_are_trained_by_every_fold_and_held_out_by_none(tmp_path):
+    from kit.data.folds import TRAIN_ONLY, folds_of, training_row_ranges, validation_row_ranges
+
+    regions = [Region("1", 0, 0.0, 1.0), Region("2", 1, 0.0, 1.0),
+               Region("p", TRAIN_ONLY, 0.0, 1.0)]  # fmt: skip
+    assert load_folds(write_folds(regions, tmp_path / "f.csv")) == regions
+    assert folds_of(regions) == [0, 1]
+    for fold in (0, 1):
+        assert training_row_ranges(regions, fold, "p", 100) == [(0, 100)]
+        assert validation_row_ranges(regions, fold, "p", 100) == []

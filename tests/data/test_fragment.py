@@ -57,7 +57,7 @@ def test_strip_and_tile_reads_equal_memmap_reads(tmp_path, kwargs):
     other = _make(tmp_path / "other", **kwargs)
     np.testing.assert_array_equal(plain, other)  # same seed, same data
     a, b = Fragment(tmp_path / "plain"), Fragment(tmp_path / "other")
-    assert a._slice(0)._memmap is not None
+    assert a._volume.layer(0)._memmap is not None
     for rows, cols in [
         (slice(0, H), slice(0, W)),
         (slice(3, 21), slice(7, 29)),
@@ -123,7 +123,7 @@ def test_unreadable_and_truncated_tiff(tmp_path):
 def test_wrong_dtype_slice(tmp_path):
     _make(tmp_path / "f")
     tifffile.imwrite(tmp_path / "f" / "surface_volume" / "01.tif", np.zeros((H, W), np.float32))
-    with pytest.raises(FragmentError, match="single-channel uint16"):
+    with pytest.raises(FragmentError, match="single-channel uint8 or uint16"):
         Fragment(tmp_path / "f").read(0, Z)
 
 

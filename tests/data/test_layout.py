@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -122,11 +123,12 @@ def test_competition_files_in_z_order(tmp_path):
         id="5", root=tmp_path / "5",
         slices=tuple(tmp_path / "5" / "surface_volume" / f"{z:02d}.tif" for z in range(12)),
         mask=tmp_path / "5" / "mask.png", labels=tmp_path / "5" / "inklabels.png",
-        ir=tmp_path / "5" / "ir.png",
+        ir=tmp_path / "5" / "ir.png", ignore=tmp_path / "5" / "ignore.png",
     )  # fmt: skip
     assert layout_of(tmp_path / "5").name == "competition"
     fragment = Fragment(tmp_path / "5")
-    assert fragment.files == files and not fragment.has_ir and fragment.has_labels
+    assert fragment.files == replace(files, layout="competition")
+    assert not fragment.has_ir and fragment.has_labels
 
 
 def test_numbered_slices_with_other_suffixes(tmp_path):
@@ -142,24 +144,24 @@ def test_numbered_slices_with_other_suffixes(tmp_path):
         numbered_slices(tmp_path / "nope")
 
 
-class _Segment(Layout):
-    """A toy scroll-segment layout: layers/NN.tif, <id>_mask.png, <id>_inklabels.png."""
+class _Planes(Layout):
+    """A toy layout: planes/NN.tif, <id>_mask.png, <id>_inklabels.png."""
 
-    name = "segment"
-    needs = "layers/00.tif, ... and <id>_mask.png"
+    name = "planes"
+    needs = "planes/00.tif, ... and <id>_mask.png"
 
     def why_not(self, path):
-        return None if (path / "layers").is_dir() else f"{path / 'layers'} is missing"
+        return None if (path / "planes").is_dir() else f"{path / 'planes'} is missing"
 
     def files(self, path):
         return FragmentFiles(
-            id=path.name, root=path, slices=numbered_slices(path / "layers"),
+            id=path.name, root=path, slices=numbered_slices(path / "planes"),
             mask=path / f"{path.name}_mask.png", labels=path / f"{path.name}_inklabels.png",
         )  # fmt: skip
 
 
-def _segment(path: Path) -> np.ndarray:
-    data = _images(path / "layers", [f"{z:02d}.tif" for z in range(5)], seed=1)
+def _planes(path: Path) -> np.ndarray:
+    data = _images(path / "planes", [f"{z:02d}.tif" for z in range(5)], seed=1)
     _png(path / f"{path.name}_mask.png")
     _png(path / f"{path.name}_inklabels.png", slice(3, 4))
     return data
@@ -167,12 +169,12 @@ def _segment(path: Path) -> np.ndarray:
 
 def test_a_new_layout_is_one_registered_class(dataset, monkeypatch):
     seg = dataset / "train" / "20230101"
-    data = _segment(seg)
+    data = _planes(seg)
     with pytest.raises(FragmentError, match=r"20230101/surface_volume is missing"):
         find_fragments(dataset, "train")  # unknown until registered
 
     monkeypatch.setattr(layout, "LAYOUTS", list(layout.LAYOUTS))
-    assert register(_Segment) is _Segment
+    assert register(_Planes) is _Planes
     assert _names(find_fragments(dataset, "train")) == ["1", "10", "2", "20230101"]
     assert _names(labelled_fragments(dataset)) == ["1", "10", "20230101"]
     assert fragment_path(dataset, "20230101") == seg
@@ -186,7 +188,9 @@ def test_a_new_layout_is_one_registered_class(dataset, monkeypatch):
         Fragment(seg)
     with pytest.raises(
         FragmentError,
-        match=r"surface_volume is missing: .*\(competition layout\); or .*layers is missing \(segment",
+        match=r"surface_volume is missing: .*\(competition layout\); or .*layers is missing: a "
+        r"segment needs .*\(segments layout\); or .*holds no <name>.zarr volume \(zarr layout\); "
+        r"or .*planes is missing \(planes layout",
     ):
         layout_of(dataset / "test")
 

@@ -144,3 +144,27 @@ def test_input_gain_auto_scales_the_tile_contrast_to_a_fixed_spread(tmp_path):
     assert wide_contrast < 0.9 * contrast
     assert resolve_input_gain(wide, wide_contrast).model.input_gain > gain
     assert resolve_input_gain(load_config("sam-vit-b"), contrast).model.input_gain == 0.0
+
+
+def test_probe_command_keeps_its_result_only_for_the_same_fragment_files(
+    tmp_path, demo_dir, capsys
+):
+    import json
+    import shutil
+
+    from kit.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    out = tmp_path / "probe"
+    assert main(["probe", "--data", str(data), "--out", str(out)]) == 0
+    record = json.loads((out / "probe.json").read_text())
+    assert set(record["data"]) == {"1", "2", "3"}
+    capsys.readouterr()
+    assert main(["probe", "--data", str(data), "--out", str(out)]) == 0
+    assert "same fragments, kept" in capsys.readouterr().out
+    labels = data / "train" / "2" / "inklabels.png"
+    labels.write_bytes(labels.read_bytes())  # same bytes, new mtime: a new input
+    assert main(["probe", "--data", str(data), "--out", str(out)]) == 0
+    assert "kept" not in capsys.readouterr().out
+    assert json.loads((out / "probe.json").read_text())["data"] != record["data"]

@@ -136,3 +136,39 @@ def test_members_of_a_fold_must_hold_out_the_same_regions(runs, tmp_path, capsys
     odd = write_oof_run(tmp_path, "odd", 0, [("1", 0.0, 0.5)], data, seed=9, noise=0.2)
     assert main(["evaluate", "--no-progress", "--runs", str(paths[0]), str(odd)]) == 2
     assert "different regions" in capsys.readouterr().err
+
+
+def test_ignored_pixels_count_in_no_score_nor_weight_search(tmp_path):
+    """Labels under an ignore mask change neither the pooled F0.5 nor the tuned weights' score;
+    the same change outside it does (so the test can fail)."""
+    import shutil
+
+    from kit.weights import search_weights
+
+    data = write_train_data(tmp_path / "data")
+    paths = [
+        write_oof_run(tmp_path / "runs", member, fold, regions, data, seed=s, noise=noise)
+        for s, (member, noise) in enumerate([("sam", 0.25), ("unet", 0.3)])
+        for fold, regions in FOLDS.items()
+    ]
+
+    def scores(root) -> tuple[float, float]:
+        runs = [load_oof_run(str(p), data=root) for p in paths]
+        return evaluate_runs(runs, progress=False).summary()["f05"], search_weights(runs).f05
+
+    def flip_labels(root, rows: slice) -> None:
+        path = root / "train" / "2" / "inklabels.png"
+        labels = cv2.imread(str(path), 0)
+        labels[rows] = 255 - labels[rows]
+        cv2.imwrite(str(path), labels)
+
+    ignore = np.zeros((90, 40), np.uint8)
+    ignore[10:60] = 255
+    cv2.imwrite(str(data / "train" / "2" / "ignore.png"), ignore)
+    before = scores(data)
+    shutil.copytree(data, tmp_path / "inside")
+    flip_labels(tmp_path / "inside", slice(10, 60))
+    assert scores(tmp_path / "inside") == before
+    shutil.copytree(data, tmp_path / "outside")
+    flip_labels(tmp_path / "outside", slice(60, 90))
+    assert all(a != b for a, b in zip(scores(tmp_path / "outside"), before, strict=True))

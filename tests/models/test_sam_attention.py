@@ -134,3 +134,15 @@ def test_auto_picks_per_device():
     assert attention_kernel("meta", torch.device("cuda")) == "meta"
     assert attention_kernel("auto", torch.device("cuda")) == "sdpa"
     assert attention_kernel("auto", torch.device("cpu")) in ("sdpa", "meta")
+
+
+def test_the_relative_index_first_built_under_inference_mode_still_trains():
+    # validation (inference_mode) may build the cached index before the next training step
+    from kit.models import sam_attention
+
+    sam_attention._REL_INDEX.clear()
+    rel_pos = torch.randn(9, 4, requires_grad=True)
+    with torch.inference_mode():
+        sam_attention._rel_index(5, rel_pos.detach())
+    rel_pos[sam_attention._rel_index(5, rel_pos)].sum().backward()
+    assert rel_pos.grad is not None

@@ -57,9 +57,20 @@ def test_loss_decreases_on_demo_data(demo_dir, tmp_path):
     assert losses[-1] < losses[0]
 
 
-def test_run_directory_is_complete_and_rerun_is_a_no_op(demo_dir, tmp_path):
+def test_run_directory_is_complete_and_rerun_is_a_no_op(demo_dir, tmp_path, capsys):
     out = tmp_path / "run"
     summary = _train(demo_dir, out, log_images=True)
+    # the log starts with who trains what, where, on which rows, with which settings
+    log = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(log) if line.startswith("inkkit "))
+    assert log[header].endswith(f"fold 0 -> {out} (full config: {out / 'config.yaml'})")
+    assert (
+        log[header + 1].startswith("device cpu, 1 thread, torch ")
+        and "M parameters" in log[header + 1]
+    )
+    assert log[header + 2].startswith("trains on: ") and "candidate tiles" in log[header + 2]
+    assert log[header + 3].startswith("holds out: ")
+    assert "tile 32 stride 32, batch 4×2, 2 epochs × 3 steps" in log[header + 4]
     assert summary["step"] == 6 and 0.0 <= summary["best_f05"] <= 1.0
     for name in ("config.yaml", "run.json", "metrics.csv", "checkpoints/last.pt",
                  "checkpoints/best.pt", "oof/regions.csv"):  # fmt: skip
@@ -68,6 +79,7 @@ def test_run_directory_is_complete_and_rerun_is_a_no_op(demo_dir, tmp_path):
     assert any(p.name.endswith("_train.png") for p in (out / "report").iterdir())
     run = json.loads((out / "run.json").read_text())
     assert run["fold"] == 0 and Path(run["data"]) == demo_dir.resolve()
+    assert run["trained"]["steps"] == 6 and run["trained"]["seconds"] > 0  # for the report
     with open(out / "oof" / "regions.csv") as f:
         regions = list(csv.DictReader(f))
     assert regions and all(r["fold"] == "0" for r in regions)

@@ -59,6 +59,17 @@ def test_changed_data_is_another_input(demo_dir, tmp_path):
         _train(data, out)
 
 
+def test_changed_starting_weights_are_another_input(demo_dir, tmp_path):
+    source, out = tmp_path / "source", tmp_path / "run"
+    _train(demo_dir, source)
+    start = f"model.init_from={RunDir(source).best}"
+    _train(demo_dir, out, start)
+    assert _train(demo_dir, out, start)["step"] == 6  # the same weights: nothing to do
+    _train(demo_dir, source, "train.lr=0.01", overwrite=True)  # new weights, same path
+    with pytest.raises(KitError, match=r"weights\.init_from"):
+        _train(demo_dir, out, start)
+
+
 def test_a_kill_during_validation_resumes_with_that_validation(demo_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     reference = _train(demo_dir, tmp_path / "ref")
@@ -113,6 +124,36 @@ def test_held_out_fragment_without_labels_fails_before_any_training(demo_dir, tm
     with pytest.raises(KitError, match=r"inklabels\.png is missing: fold 0 holds out rows"):
         _train(data, out)
     assert not RunDir(out).last.exists()
+
+
+def test_a_disk_too_small_for_the_checkpoints_is_refused_before_any_training(
+    demo_dir, tmp_path, monkeypatch
+):
+    from collections import namedtuple
+
+    from kit.train import resume
+
+    usage = namedtuple("usage", "total used free")
+    out = tmp_path / "run"
+    monkeypatch.setattr(resume.shutil, "disk_usage", lambda _: usage(1 << 40, 1 << 40, 4096))
+    with pytest.raises(KitError, match=r"GiB free on its disk, but this run's checkpoints need"):
+        _train(demo_dir, out)
+    assert not RunDir(out).last.exists()
+    monkeypatch.undo()  # the same run with the disk it really has
+    _train(demo_dir, out)
+    assert RunDir(out).last.exists()
+
+
+def test_checkpoint_bytes_bounds_what_the_run_writes(demo_dir, tmp_path):
+    from kit.models import build_model
+    from kit.train.resume import checkpoint_bytes
+
+    out = tmp_path / "run"
+    _train(demo_dir, out)
+    run = RunDir(out)
+    written = sum(p.stat().st_size for p in (run.last, run.last_prev, run.best) if p.exists())
+    need = checkpoint_bytes(build_model(_config("data.reverse=false")))
+    assert written + run.last.stat().st_size <= need < 20 * written
 
 
 def test_a_fold_without_held_out_ink_is_warned(demo_dir, tmp_path, capsys):
