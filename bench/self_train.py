@@ -99,7 +99,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     rounds = []
     for r in range(args.rounds + 1):
         where = out / "kit" if r == 0 else out / "kit" / "self_train" / f"round{r}"
-        row = {"round": r, "test_f05": score_submission(where / "submission.csv", data)}
+        # OUT_DIR/submission.csv is the last round's; round 0 keeps its own in self_train/round0
+        submission = out / "kit" / "self_train" / f"round{r}" / "submission.csv"
+        row = {"round": r, "test_f05": score_submission(submission, data)}
         row["oof_f05"] = read_evaluation(where / "evaluation" / "evaluation.json")["ensemble_oof"]
         if r > 0:
             row["pseudo"] = rate_pseudo_labels(where, data)

@@ -42,16 +42,24 @@ def atomic_path(path: str | os.PathLike, *, keep_previous: Path | None = None) -
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        yield tmp
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
+        with _room_errors(path):
+            yield tmp
+            if keep_previous is not None and path.exists():
+                os.replace(path, keep_previous)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _room_errors(path: Path) -> Iterator[None]:
+    """A write that fails for want of room becomes write_failed(path): one line, no traceback."""
+    try:
+        yield
     except OSError as exc:
         if exc.errno in _NO_ROOM:
             raise write_failed(path, exc.strerror) from exc
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_failed(path: str | os.PathLike, why: str) -> KitError:
@@ -336,27 +344,24 @@ def write_zarr(
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zarr")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        if ome is None:
-            array = zarr.create_array(str(tmp), shape=shape, chunks=chunks, dtype=dtype)
-        else:
-            group = zarr.open_group(str(tmp), mode="w", zarr_format=2 if ome == "0.4" else 3)
-            array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype)
-            axes = [{"name": a, "type": "space"} for a in "zyx"]
-            scale = [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]
-            image = {"version": ome, "axes": axes,
-                     "datasets": [{"path": "0", "coordinateTransformations": scale}]}  # fmt: skip
-            if ome == "0.4":
-                group.attrs["multiscales"] = [image]
+        with _room_errors(path):
+            if ome is None:
+                array = zarr.create_array(str(tmp), shape=shape, chunks=chunks, dtype=dtype)
             else:
-                del image["version"]
-                group.attrs["ome"] = {"version": ome, "multiscales": [image]}
-        for z, layer in enumerate(layers):
-            array[z] = layer
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno in _NO_ROOM:
-            raise write_failed(path, exc.strerror) from exc
-        raise
+                group = zarr.open_group(str(tmp), mode="w", zarr_format=2 if ome == "0.4" else 3)
+                array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype)
+                axes = [{"name": a, "type": "space"} for a in "zyx"]
+                scale = [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]
+                image = {"version": ome, "axes": axes,
+                         "datasets": [{"path": "0", "coordinateTransformations": scale}]}  # fmt: skip
+                if ome == "0.4":
+                    group.attrs["multiscales"] = [image]
+                else:
+                    del image["version"]
+                    group.attrs["ome"] = {"version": ome, "multiscales": [image]}
+            for z, layer in enumerate(layers):
+                array[z] = layer
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

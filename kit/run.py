@@ -63,10 +63,15 @@ def map_suffixes(shape: tuple[int, int], fmt: str = "auto", *, layout: str = "")
     return [".png", ".tif"] if tiff and layout == "competition" else [".tif" if tiff else ".png"]
 
 
+def _map_file(base: Path, suffix: str) -> Path:
+    # not base.with_suffix: an id may hold a dot ("20230702.v2"), which it would cut off
+    return base.with_name(base.name + suffix)
+
+
 def _existing_map(base: Path) -> Path:
     """The map file `base`.png or .tif that exists (PNG first), else the PNG path."""
-    found = [base.with_suffix(s) for s in _SUFFIXES if base.with_suffix(s).is_file()]
-    return found[0] if found else base.with_suffix(_SUFFIXES[0])
+    found = [_map_file(base, s) for s in _SUFFIXES if _map_file(base, s).is_file()]
+    return found[0] if found else _map_file(base, _SUFFIXES[0])
 
 
 def _write_map(base: Path, prob: np.ndarray, suffixes: list[str]) -> list[Path]:
@@ -74,7 +79,7 @@ def _write_map(base: Path, prob: np.ndarray, suffixes: list[str]) -> list[Path]:
     would otherwise be read in place of the new TIFF)."""
     written = []
     for suffix in _SUFFIXES:
-        path = base.with_suffix(suffix)
+        path = _map_file(base, suffix)
         if suffix not in suffixes:
             path.unlink(missing_ok=True)
         else:
@@ -275,7 +280,7 @@ class PredictionDir:
 
     def map_files(self, fragment_id: str, suffixes: list[str]) -> list[Path]:
         """The files `write_map` writes for these `map_suffixes`."""
-        return [(self.path / fragment_id).with_suffix(s) for s in suffixes]
+        return [_map_file(self.path / fragment_id, s) for s in suffixes]
 
     def write_map(self, fragment_id: str, prob: np.ndarray, suffixes: list[str]) -> list[Path]:
         """The uint8 map as each of `suffixes` (`map_suffixes`) and its preview; the written
@@ -350,7 +355,8 @@ class PredictionDir:
 
     def map_ids(self) -> list[str]:
         """Ids of the maps written so far, sorted."""
-        return sorted({p.stem for s in _SUFFIXES for p in self.path.glob(f"*{s}")})
+        found = (p for s in _SUFFIXES for p in self.path.glob(f"*{s}"))
+        return sorted({p.stem for p in found if not p.name.startswith(".")})  # not temporaries
 
     def write_record(self, record: dict) -> None:
         write_json(self.predict_json, record)

@@ -356,6 +356,10 @@ CASES = [
          r"train/1/inklabels\.png is 10×10", r"must be the same size",
          build=(png("data/train/1/inklabels.png", lambda s: _zeros((10, 10))),)),
     # probe ----------------------------------------------------------------------------------
+    case("pseudo-label-bands", "pseudo-label --pred {PRED} --data {DATA} --out {W}/pl --ink 0.5 --background 0.6",
+         r"--background \(0\.6\) must be below --ink \(0\.5\)", r"pixels between them are ignored"),
+    case("pseudo-label-no-maps", "pseudo-label --pred {W}/none --data {DATA} --out {W}/pl",
+         r"holds no prediction maps", r"run `python -m kit predict` first"),
     case("probe-test-data", "probe --data {TEST} --out {W}/probe",
          r"test/a/inklabels\.png is missing", r"whose train/ fragments are labelled"),
     case("probe-no-labels", "probe --data {DATA} --out {W}/probe", r"1/inklabels\.png is missing",

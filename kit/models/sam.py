@@ -7,8 +7,10 @@ directly and re-implements the few lines of `MaskDecoder.predict_masks` that ass
 per call (it `repeat_interleave`s the image embedding by the number of prompt sets): here B image
 embeddings meet B prompt sets in one call, each image with its own prompts.
 
-State-dict keys are `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*` exactly as in Meta's
-checkpoints, plus the kit's own `adapter.*` (and `...qkv.lora_a/b` under LoRA).
+The encoder's blocks run either as segment-anything wrote them or through
+`kit.models.sam_attention.sdpa_block` (`attention`, from `model.attention`), with the same
+parameters. State-dict keys are `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*` exactly
+as in Meta's checkpoints, plus the kit's own `adapter.*` (and `...qkv.lora_a/b` under LoRA).
 """
 
 from __future__ import annotations

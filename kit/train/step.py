@@ -44,7 +44,8 @@ class _SomeRankOutOfMemory(Exception):
 
 
 class Stepper:
-    """The model and everything that moves it: optimizer, schedule, scaler, EMA, generator."""
+    """The model and everything that moves it: optimizer, schedule, scaler, EMA, generator.
+    Puts the model's convolution weights in channels-last order (`channels_last`)."""
 
     def __init__(
         self,

@@ -175,3 +175,16 @@ def test_ensemble_of_two_holds_no_float_map(tmp_path, monkeypatch):
     tracemalloc.stop()
     np.testing.assert_array_equal(mean, mean_maps(alone, [1, 1]))
     assert peak < 4 * h * w, f"{peak / (h * w):.1f} bytes per pixel"  # a float32 map alone is 4
+
+
+def test_map_files_keep_ids_with_dots(tmp_path, monkeypatch):
+    pred = PredictionDir(tmp_path / "pred")
+    prob = np.full((20, 30), 9, np.uint8)
+    assert pred.write_map("20230702.v2", prob, [".tif"]) == [tmp_path / "pred" / "20230702.v2.tif"]
+    (tmp_path / "pred" / ".20230702.v2.123.tmp.png").write_bytes(b"")  # a killed writer's
+    assert pred.map_ids() == ["20230702.v2"]
+    np.testing.assert_array_equal(pred.read_map("20230702.v2"), prob)
+    monkeypatch.setattr(kit.run, "TIFF_PIXELS", 10)
+    run = RunDir(tmp_path / "run")
+    run.write_oof("s.1", prob)
+    assert run.oof_map("s.1").name == "s.1.tif"
