@@ -1,6 +1,7 @@
 """Write OUT_DIR/report/index.html (tables of the out-of-fold scores and the runs, OOF overlays
-of the ensemble and of each member with their legend, threshold curves, test maps beside the submitted masks, one training-curve
-figure per quantity, the config with what differs per run) and print the run summary."""
+of the ensemble and of each member with their legend, threshold curves, test maps beside the
+submitted masks, one training-curve figure per quantity, the config with what differs per run)
+and print the run summary."""
 
 from __future__ import annotations
 
