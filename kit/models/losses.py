@@ -116,7 +116,8 @@ def level_loss(pos: np.ndarray, neg: np.ndarray, *, config: LossConfig) -> dict[
     p = torch.sigmoid(logits)
     inter = (p * target * count).sum()
     dice = 1.0 - (2.0 * inter + 1.0) / ((p * count).sum() + (target * count).sum() + 1.0)
-    parts = {"bce": _masked_mean(bce, count), "dice": dice if config.dice > 0 else levels.new_zeros(()),
-             "focal": _masked_mean(focal, count) if config.focal > 0 else levels.new_zeros(())}  # fmt: skip
+    zero = levels.new_zeros(())
+    parts = {"bce": _masked_mean(bce, count), "dice": dice if config.dice > 0 else zero,
+             "focal": _masked_mean(focal, count) if config.focal > 0 else zero}  # fmt: skip
     total = config.bce * parts["bce"] + config.dice * parts["dice"] + config.focal * parts["focal"]
     return {"total": float(total), **{k: float(v) for k, v in parts.items()}}

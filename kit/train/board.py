@@ -58,8 +58,9 @@ class Board:
                 self.panels[fragment.id] = fragment_panels(
                     fragment, config, ranges, max_width=PREVIEW_WIDTH
                 )
-            picture = validation_preview(fragment, config, v.maps[fragment.id], ranges,
-                                         max_width=PREVIEW_WIDTH, panels=self.panels[fragment.id])  # fmt: skip
+            fixed, prob = self.panels[fragment.id], v.maps[fragment.id]
+            picture = validation_preview(fragment, config, prob, ranges, max_width=PREVIEW_WIDTH,
+                                         panels=fixed)  # fmt: skip
             w.add_image(f"val/preview/{fragment.id}", picture[..., ::-1].copy(), step,
                         dataformats="HWC")  # fmt: skip
 

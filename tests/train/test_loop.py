@@ -208,7 +208,12 @@ def test_tensorboard_shows_held_out_loss_previews_and_hparams(demo_dir, tmp_path
 
     read = []  # the fixed panels of a preview are read once per fragment, not per validation
     panels = board.fragment_panels
-    monkeypatch.setattr(board, "fragment_panels", lambda f, *a, **k: read.append(f.id) or panels(f, *a, **k))  # fmt: skip
+
+    def counted(fragment, *args, **kwargs):
+        read.append(fragment.id)
+        return panels(fragment, *args, **kwargs)
+
+    monkeypatch.setattr(board, "fragment_panels", counted)
     out = tmp_path / "run"
     summary = _train(demo_dir, out)
     with open(out / "metrics.csv") as f:
