@@ -374,11 +374,13 @@ def main() -> None:
         r = compare(config, device=device, steps=args.steps, repeats=args.repeats,
                     kit_variants=variants)  # fmt: skip
         line = [f"{member} (batch {config.train.batch_size}, tile {config.data.tile}, "
-                f"{config.data.in_channels} slices): plain {r['plain']['ms_per_step']:.0f} ms"]  # fmt: skip
+                f"{config.data.in_channels} slices): plain {r['plain']['ms_per_step']:.0f} ms "
+                f"(CPU {r['plain']['cpu_ms_per_step']:.0f} ms)"]  # fmt: skip
         for name in variants:
             k = r[name]
             rounds = " ".join(f"{x:.2f}" for x in k["ratios"])
-            line.append(f"{name} {k['ms_per_step']:.0f} ms, plain/{name} {k['ratio']:.2f}x "
+            line.append(f"{name} {k['ms_per_step']:.0f} ms (CPU {k['cpu_ms_per_step']:.0f} ms), "
+                        f"plain/{name} {k['ratio']:.2f}x "
                         f"(rounds {rounds}; CPU time {k['cpu_ratio']:.2f}x)")  # fmt: skip
         diffs = "".join(f"; {k} {v:.1e}" for k, v in r.items() if k.endswith("param_max_abs_diff"))
         print("; ".join(line) + f"; logits max |diff| at start {r['logit_max_abs_diff']:.2e}"

@@ -1,17 +1,20 @@
 """SAM's encoder block with attention through `F.scaled_dot_product_attention` (`model.attention`).
 
 `sdpa_block(block, x)` computes what segment-anything's `Block.forward` computes, with the same
-parameters (so Meta checkpoints load unchanged: nothing here owns a weight), in three ways
+parameters (so Meta checkpoints load unchanged: nothing here owns a weight), in four ways
 cheaper:
-- the attention itself is one SDPA call with the decomposed relative-position bias (MViTv2, as
-  Meta adds it) as its `attn_mask`, built once per block forward, instead of an explicit
-  softmax over a separately materialised score matrix;
+- the attention is an SDPA call with the decomposed relative-position bias (MViTv2, as Meta adds
+  it) as its `attn_mask`, instead of an explicit softmax over a separately materialised score
+  matrix;
 - the qkv and output projections run on the real tokens only. Meta pads the normalised tokens
   with zeros to a multiple of the window before projecting them (at 256 px the 16×16 grid
   becomes 28×28 for 14-token windows: 3× the tokens); a zero token's qkv is the qkv layer's
   value at 0 (its bias), so the padded windows are filled with that vector after projecting.
-  Padded tokens still take part as keys and values, exactly as in Meta's blocks, and their
-  outputs are dropped before the output projection (per token, so dropping first is the same);
+  Padded tokens still take part as keys and values, exactly as in Meta's blocks;
+- only real tokens are queries: Meta's padded queries are computed and then dropped. Windows
+  with the same number of real rows and columns are stacked (at most four such groups: full
+  windows, the last row, the last column, the corner), each one SDPA call with its queries'
+  rows of the bias, so scores, softmax and bias shrink with the queries (at 256 px to a third);
 - the relative-position index is built once per size and device, not on the host every call.
 Results equal Meta's up to float rounding (tests/models/test_sam_attention.py states the
 difference, outputs and gradients, windowed and global blocks).
@@ -42,25 +45,59 @@ def sdpa_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b, h, w, d = x.shape
     qkv = attn.qkv(block.norm1(x))  # (B, H, W, 3D), real tokens only
     size = block.window_size
-    if size > 0:
-        qkv = _pad_with(qkv, size, attn.qkv(x.new_zeros(d)))
-        qkv = _partition(qkv, size)  # (B·nW, size, size, 3D)
-    n, gh, gw, _ = qkv.shape
-    q, k, v = qkv.reshape(n, gh * gw, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    bias = _rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (gh, gw)) if attn.use_rel_pos else None
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-    out = out.transpose(1, 2).reshape(n, gh, gw, d)  # (B·nW, gh, gw, D)
-    if size > 0:
-        out = _unpartition(out, b, size)[:, :h, :w]
+    sh, sw = (size, size) if size > 0 else (h, w)  # a global block: one window, the grid
+    if h % sh or w % sw:
+        qkv = _pad_with(qkv, (sh, sw), attn.qkv(x.new_zeros(d)))
+    hp, wp = qkv.shape[1:3]
+    windows = qkv.view(b, hp // sh, sh, wp // sw, sw, 3 * d).permute(0, 1, 3, 2, 4, 5)
+    rows = []
+    for row_windows, real_h in _groups(h, sh):
+        blocks = [
+            _window_attention(attn, windows[:, row_windows, col_windows], (real_h, real_w))
+            for col_windows, real_w in _groups(w, sw)
+        ]
+        rows.append(blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2))
+    out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)  # (B, H, W, D)
     x = x + attn.proj(out)
     return x + block.mlp(block.norm2(x))
 
 
-def _pad_with(x: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
+def _groups(length: int, size: int) -> list[tuple[slice, int]]:
+    """Windows along one axis of `length` real tokens, grouped by how many of their `size`
+    tokens are real: [(window slice, real tokens)], the full ones and then the last if partial."""
+    full, rest = divmod(length, size)
+    groups = [(slice(0, full), size)] if full else []
+    return groups + ([(slice(full, full + 1), rest)] if rest else [])
+
+
+def _window_attention(
+    attn: nn.Module, windows: torch.Tensor, real: tuple[int, int]
+) -> torch.Tensor:
+    """Windows (B, nr, nc, sh, sw, 3D) of qkv whose first `real` (rh, rw) rows and columns are
+    real tokens -> their attention output (B, nr·rh, nc·rw, D): queries the real tokens, keys
+    and values every token of the window."""
+    b, nr, nc, sh, sw, c = windows.shape
+    (rh, rw), d, heads = real, c // 3, attn.num_heads
+    n = b * nr * nc
+
+    def heads_first(t: torch.Tensor) -> torch.Tensor:  # (..., y, x, D) -> (n, heads, y·x, hd)
+        return t.reshape(n, -1, heads, d // heads).transpose(1, 2)
+
+    q = heads_first(windows[..., :rh, :rw, :d])
+    k, v = heads_first(windows[..., d : 2 * d]), heads_first(windows[..., 2 * d :])
+    bias = None
+    if attn.use_rel_pos:
+        bias = _rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (rh, rw), (sh, sw))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+    out = out.transpose(1, 2).reshape(b, nr, nc, rh, rw, d).permute(0, 1, 3, 2, 4, 5)
+    return out.reshape(b, nr * rh, nc * rw, d)
+
+
+def _pad_with(x: torch.Tensor, size: tuple[int, int], fill: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) -> (B, Hp, Wp, C), H and W rounded up to multiples of `size`, new cells
     `fill` (C,). Concatenation keeps the real entries bit for bit (and `fill` in the graph)."""
     b, h, w, c = x.shape
-    pad_h, pad_w = -h % size, -w % size
+    pad_h, pad_w = -h % size[0], -w % size[1]
     if pad_w:
         x = torch.cat([x, fill.expand(b, h, pad_w, c)], dim=2)
     if pad_h:
@@ -68,35 +105,25 @@ def _pad_with(x: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _partition(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, Hp, Wp, C) -> (B·nW, size, size, C), windows in segment-anything's order."""
-    b, hp, wp, c = x.shape
-    x = x.view(b, hp // size, size, wp // size, size, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, size, size, c)
-
-
-def _unpartition(windows: torch.Tensor, b: int, size: int) -> torch.Tensor:
-    """(B·nW, size, size, C) -> (B, Hp, Wp, C)."""
-    n, _, _, c = windows.shape
-    per_side = round((n // b) ** 0.5)  # square grids: SAM pads H and W alike
-    x = windows.view(b, per_side, per_side, size, size, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, per_side * size, per_side * size, c)
-
-
 def _rel_pos_bias(
-    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, grid: tuple[int, int]
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
 ) -> torch.Tensor:
-    """Decomposed relative-position bias (segment_anything add_decomposed_rel_pos) as an
-    additive mask: q (N, heads, gh·gw, hd) unscaled -> (N, heads, gh·gw, gh·gw)."""
-    gh, gw = grid
-    rh = rel_pos_h[_rel_index(gh, rel_pos_h)]  # (gh, gh, hd)
-    rw = rel_pos_w[_rel_index(gw, rel_pos_w)]
+    """Decomposed relative-position bias (segment_anything add_decomposed_rel_pos) of the
+    queries at the first q_size (rh, rw) positions of a k_size (sh, sw) window, as an additive
+    mask: q (N, heads, rh·rw, hd) unscaled -> (N, heads, rh·rw, sh·sw)."""
+    (rh, rw), (sh, sw) = q_size, k_size
+    r_h = rel_pos_h[_rel_index(sh, rel_pos_h)[:rh]]  # (rh, sh, hd)
+    r_w = rel_pos_w[_rel_index(sw, rel_pos_w)[:rw]]
     n, heads, _, hd = q.shape
-    r_q = q.reshape(n, heads, gh, gw, hd)
-    rel_h = torch.einsum("nahwc,hkc->nahwk", r_q, rh)
-    rel_w = torch.einsum("nahwc,wkc->nahwk", r_q, rw)
-    bias = rel_h[..., :, None] + rel_w[..., None, :]  # (N, heads, gh, gw, gh, gw)
-    return bias.reshape(n, heads, gh * gw, gh * gw)
+    r_q = q.reshape(n, heads, rh, rw, hd)
+    rel_h = torch.einsum("nahwc,hkc->nahwk", r_q, r_h)
+    rel_w = torch.einsum("nahwc,wkc->nahwk", r_q, r_w)
+    bias = rel_h[..., :, None] + rel_w[..., None, :]  # (N, heads, rh, rw, sh, sw)
+    return bias.reshape(n, heads, rh * rw, sh * sw)
 
 
 _REL_INDEX: dict[tuple[int, int, torch.device], torch.Tensor] = {}

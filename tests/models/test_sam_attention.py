@@ -53,8 +53,15 @@ def _assert_same(block: Block, x: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     ("window", "grid"),
-    [(14, 16), (4, 12), (8, 16), (0, 16), (0, 12)],
-    ids=["window14-pads-16", "window4-divides-12", "window8-divides-16", "global16", "global12"],
+    [(14, 16), (5, 12), (4, 12), (8, 16), (0, 16), (0, 12)],
+    ids=[
+        "window14-pads-16",
+        "window5-pads-12",
+        "window4-divides-12",
+        "window8-divides-16",
+        "global16",
+        "global12",
+    ],  # fmt: skip
 )
 def test_sdpa_block_matches_segment_anything(window, grid):
     x = torch.randn(2, grid, grid, 48)
