@@ -61,7 +61,7 @@ def _assert_same(block: Block, x: torch.Tensor) -> float:
         "window8-divides-16",
         "global16",
         "global12",
-    ],  # fmt: skip
+    ],
 )
 def test_sdpa_block_matches_segment_anything(window, grid):
     x = torch.randn(2, grid, grid, 48)
