@@ -343,8 +343,9 @@ class PredictionDir:
         return [np.load(f) for f in files]
 
     def remove_parts(self, fragment_id: str) -> None:
-        for f in (self.path / ".parts").glob(f"{fragment_id}.*.npy"):
-            f.unlink(missing_ok=True)
+        for f in (self.path / ".parts").glob("*.npy"):  # <id>.<key>.<K>of<N>: ids may hold dots
+            if f.name.rsplit(".", 3)[0] == fragment_id:
+                f.unlink(missing_ok=True)
 
     def preview(self, fragment_id: str) -> Path:
         return self.path / "preview" / f"{fragment_id}.png"

@@ -204,19 +204,18 @@ def predict_ensemble(
     one member's map and a band of the mean, never an (H, W) float map."""
     check_compatible(loaded, fragment)
     active = [lm for lm in loaded if lm.member.weight > 0]
-    if len(active) == 1:
-        model = active[0].model.to(device)
+
+    def member_map(lm: LoadedMember) -> np.ndarray:
         return predict_fragment(
-            model, active[0].config, fragment, device=device, progress=progress,
-            label=f"{active[0].member.name}: fragment {fragment.id}", own=own,
-        )  # fmt: skip
-    maps = []
-    for lm in active:
-        model = lm.model.to(device)
-        pred = predict_fragment(
-            model, lm.config, fragment, device=device, progress=progress,
+            lm.model.to(device), lm.config, fragment, device=device, progress=progress,
             label=f"{lm.member.name}: fragment {fragment.id}", own=own,
         )  # fmt: skip
+
+    if len(active) == 1:
+        return member_map(active[0])
+    maps = []
+    for lm in active:
+        pred = member_map(lm)
         lm.model.to("cpu")  # one member on the accelerator at a time
         kept = scratch_array(pred.shape, np.uint8)
         for r0, r1 in _bands(kept):
