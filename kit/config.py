@@ -72,7 +72,7 @@ class ModelConfig:
     family: str = "sam"  # see kit.models.MODEL_FAMILIES
     variant: str = "vit_b"  # SAM: vit_b/vit_l/vit_h/vit_tiny...; U-Net: a timm encoder name
     adapter: str = "conv1x1"  # volume -> 3 channels: "conv1x1", "stem3d", "mosaic"
-    prompt: str = "none"  # "none", "box", "points"
+    prompt: str = "none"  # "none", "box", "points", "mask" (a first-stage prior: --prior DIR)
     num_points: int = 8  # points per tile when prompt == "points"
     train_mode: str = "full"  # "frozen", "lora", "full"
     lora_rank: int = 8
