@@ -198,8 +198,9 @@ def check_priors(loaded: list[LoadedMember], *, given: bool) -> None:
         return
     needing = [lm.member.name for lm in loaded if needs_prior(lm.config)]
     if needing:
+        verb = "needs" if len(needing) == 1 else "need"
         raise KitError(
-            f"{', '.join(needing[:3])}{' ...' if len(needing) > 3 else ''} need a prior (a "
+            f"{', '.join(needing[:3])}{' ...' if len(needing) > 3 else ''} {verb} a prior (a "
             "first-stage probability map of each fragment, model.prompt=mask): pass --prior DIR, "
             "the first stage's `kit predict` output for these fragments"
         )
