@@ -94,6 +94,9 @@ class ModelConfig:
     # sam_attention.AUTO_ATTENTION). The same weights and outputs up to float rounding.
     attention: str = "auto"
     compile: bool = False  # torch.compile the training forward (off: slower on a CPU, BENCHMARKS)
+    # SAM with prompt "mask": output logits = the decoder's + the prior's logits (the model learns
+    # a correction of the first stage's map instead of first learning to pass it through)
+    prior_residual: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.input_gain, str) and self.input_gain != "auto":

@@ -41,11 +41,19 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 PRIOR_EPS = 0.01
 
 
+def prior_logits(prior: torch.Tensor) -> torch.Tensor:
+    """Probabilities in [0, 1] -> logits, clamped to [PRIOR_EPS, 1 - PRIOR_EPS] first."""
+    p = prior.clamp(PRIOR_EPS, 1 - PRIOR_EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
 class SamSegmenter(nn.Module):
     """x (B, C, T, T) in [0, 1] -> ModelOutput(logits (B, 1, T, T), iou (B, 1)).
 
     With prompt="mask", x is (B, C + 1, T, T): channel C is a first-stage probability map (the
     prior), fed to the prompt encoder's mask input (`mask_prompt`); the image is channels 0..C-1.
+    With `prior_residual` the output logits are the decoder's plus the prior's own logits: the
+    decoder learns a correction of the prior instead of having to pass it through first.
     """
 
     def __init__(
@@ -59,11 +67,13 @@ class SamSegmenter(nn.Module):
         grad_checkpointing: bool = False,
         input_gain: float = 0.0,
         attention: str = "auto",
+        prior_residual: bool = False,
     ) -> None:
         super().__init__()
         self.tile, self.prompt, self.grad_checkpointing = tile, prompt, grad_checkpointing
         self.input_gain, self.attention = input_gain, attention
         self.in_channels = in_channels  # the slices; model.prompt=mask reads one channel more
+        self.prior_residual = prior_residual
         self.adapter = build_adapter(adapter, in_channels)
         self.img_size = tile * self.adapter.scale
         tokens = self.img_size // spec.patch_size
@@ -164,8 +174,7 @@ class SamSegmenter(nn.Module):
         size = tuple(self.prompt_encoder.mask_input_size)
         if tuple(prior.shape[-2:]) != size:
             prior = F.interpolate(prior, size=size, mode="area")
-        p = prior.clamp(PRIOR_EPS, 1 - PRIOR_EPS)
-        return torch.log(p) - torch.log1p(-p)
+        return prior_logits(prior)
 
     def decode(
         self,
@@ -192,7 +201,10 @@ class SamSegmenter(nn.Module):
             low_res[:, :1], size=(self.img_size, self.img_size), mode="bilinear",
             align_corners=False,
         )  # fmt: skip
-        return ModelOutput(self.adapter.fold(logits), iou[:, :1])
+        logits = self.adapter.fold(logits)
+        if prior is not None and self.prior_residual:
+            logits = logits + prior_logits(prior)
+        return ModelOutput(logits, iou[:, :1])
 
     def _predict_masks(
         self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor

@@ -77,6 +77,11 @@ def check_sam_config(config: Config) -> None:
             "model.prompt=mask feeds the prior at the tile's own frame; model.adapter=mosaic "
             "tiles the slices into a larger image: use adapter conv1x1 or stem3d"
         )
+    if m.prior_residual and m.prompt != "mask":
+        raise KitError(
+            f"model.prior_residual=true adds the prior's logits to the output, but "
+            f"model.prompt={m.prompt!r} reads no prior; set model.prompt=mask"
+        )
     check_embedding_cache(config)
 
 
@@ -119,6 +124,7 @@ def build_sam(config: Config) -> nn.Module:
         prompt=m.prompt,
         grad_checkpointing=m.grad_checkpointing,
         input_gain=m.input_gain,
+        prior_residual=m.prior_residual,
         attention=m.attention,
     )
     model.variant = m.variant

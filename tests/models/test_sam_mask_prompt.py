@@ -53,3 +53,18 @@ def test_needs_prior_and_the_cascade_preset():
     )
     with pytest.raises(ConfigError, match="mosaic"):
         load_config("cpu-demo-cascade", ["model.adapter=mosaic"])
+
+
+def test_prior_residual_adds_the_prior_s_logits_to_the_output():
+    from kit.models.sam import prior_logits
+
+    torch.manual_seed(0)
+    plain = build_model(tiny_config(prompt="mask")).eval()
+    residual = build_model(tiny_config(prompt="mask", prior_residual=True)).eval()
+    residual.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 5, 32, 32)
+    with torch.no_grad():
+        diff = residual(x).logits - plain(x).logits
+    assert torch.allclose(diff, prior_logits(x[:, 4:]), atol=1e-5)
+    with pytest.raises(ConfigError, match="prior_residual"):
+        load_config("cpu-demo", ["model.prior_residual=true"])
