@@ -16,8 +16,10 @@ from a NumPy array in memory; no AMP, no compile, no clipping, no augmentation.
 The kit: the member's config through the real trainer's `Stepper.step` (to the device,
 normalise, augment, micro-batches, loss, backward, clipping, AdamW, schedule, EMA when on) on the
 same tiles, as uint16 like the loader gives them, and the same batch size. `--kit` adds variants
-(e.g. `--kit meta=model.attention=meta`); `--before` adds the kit's step as it was before issue
-15 (Meta's attention, torch's default AdamW, contiguous convolution weights).
+(e.g. `--kit compile=model.compile=true`); `--without` adds the kit's step without each of issue
+15's speed paths in turn ("no-sdpa": Meta's attention, SAM only; "no-fused": torch's default
+AdamW; "no-channels-last": contiguous convolution weights); `--before` adds the step without
+all three, as it was before issue 15.
 
 Both sides start from the same weights (the plain modules load the kit model's state dict
 strictly); the first forward's max |logit difference| is printed. Timing: one warm-up step per
@@ -193,13 +195,22 @@ class Tiles:
 
 
 BEFORE = "before"  # the kit variant without issue 15's speed paths (--before)
+# the speed paths a kit variant can go without (--without): name -> what replaces it
+PATHS = ("no-sdpa", "no-fused", "no-channels-last")
 
 
 class KitSide:
-    """The kit's model and Stepper for `config`. Named BEFORE: the Stepper as it was before
-    issue 15 (torch's default AdamW, contiguous conv weights; with model.attention=meta)."""
+    """The kit's model and Stepper for `config`, `without` some of PATHS ("no-sdpa" is set in
+    the config: model.attention=meta)."""
 
-    def __init__(self, name: str, config: Config, tiles: Tiles, device: torch.device) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        tiles: Tiles,
+        device: torch.device,
+        without: tuple[str, ...] = (),
+    ) -> None:
         from unittest import mock
 
         from kit.models import build_model, training_hooks
@@ -212,8 +223,9 @@ class KitSide:
         hooks = training_hooks(config, self.model, fragments=["bench"], n_tiles=N_TILES,
                                device=device)  # fmt: skip
         undo = contextlib.ExitStack()
-        if name == BEFORE:
+        if "no-channels-last" in without:
             undo.enter_context(mock.patch.object(step, "channels_last", lambda model: model))
+        if "no-fused" in without:
             undo.enter_context(mock.patch.object(step, "adamw", _unfused_adamw))
         with undo:
             self.stepper = step.Stepper(config, self.model, hooks, info=DistInfo(), device=device)
@@ -286,18 +298,24 @@ def compare(
         return side
 
     for name, overrides in (kit_variants or {"kit": []}).items():
+        without = PATHS if name == BEFORE else tuple(p for p in PATHS if p == name)
+        if "no-sdpa" in without and config.model.family == "sam":
+            overrides = [*overrides, "model.attention=meta"]
         kit_config = apply_overrides(config, overrides)
-        sides.append(build(lambda: KitSide(name, kit_config, tiles, device)))  # noqa: B023
+        sides.append(build(lambda: KitSide(name, kit_config, tiles, device, without)))  # noqa: B023
     start = sides[0].model.state_dict()
     plain = build(lambda: PlainSide(config, tiles, device, start))
     sides.insert(0, plain)
     result = {"logit_max_abs_diff": logit_difference(sides[1], plain), "peak_mib": {}}
+    first: dict[str, float] = {}  # the warm-up step's seconds (torch.compile compiles in it)
     for side in sides:  # warm-up step; its memory: weights + what the step allocates at most
         before = allocated()
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
+        begin = time.perf_counter()
         side.step()
         _sync(device)
+        first[side.name] = time.perf_counter() - begin
         if cuda:
             peak = torch.cuda.max_memory_allocated(device) - before + static[side.name]
             result["peak_mib"][side.name] = peak / 2**20
@@ -323,6 +341,7 @@ def compare(
         s = statistics.median(wall[side.name])
         result[side.name] = {"ms_per_step": 1000 * s, "images_per_s": batch / s,
                              "cpu_ms_per_step": 1000 * statistics.median(cpu[side.name]),
+                             "first_step_s": first[side.name],
                              "peak_mib": result["peak_mib"].get(side.name)}  # fmt: skip
         if side is not plain:
             ratios = [p / k for p, k in zip(wall["plain"], wall[side.name], strict=True)]
@@ -352,11 +371,16 @@ def main() -> None:
         help=f"also time {BEFORE!r}: the kit's step without issue 15's speed paths",
     )
     p.add_argument(
+        "--without",
+        action="store_true",
+        help=f"also time the kit's step without each speed path in turn: {', '.join(PATHS)}",
+    )
+    p.add_argument(
         "--kit",
         action="append",
         default=[],
         metavar="NAME=key=value,...",
-        help="a kit variant to time as well, e.g. meta=model.attention=meta",
+        help="a kit variant to time as well, e.g. compile=model.compile=true",
     )
     args = p.parse_args()  # fmt: skip
     torch.set_num_threads(args.threads)
@@ -369,19 +393,23 @@ def main() -> None:
     for member in args.members:
         preset, sets = MEMBERS[member]
         config = load_config(preset, [*sets, *args.overrides])
-        if args.before:
-            variants[BEFORE] = ["model.attention=meta"] if config.model.family == "sam" else []
+        names = [*(PATHS if args.without else ()), *([BEFORE] if args.before else ())]
+        sides = dict(variants)
+        for name in names:
+            if name != "no-sdpa" or config.model.family == "sam":
+                sides[name] = []
         r = compare(config, device=device, steps=args.steps, repeats=args.repeats,
-                    kit_variants=variants)  # fmt: skip
+                    kit_variants=sides)  # fmt: skip
         line = [f"{member} (batch {config.train.batch_size}, tile {config.data.tile}, "
                 f"{config.data.in_channels} slices): plain {r['plain']['ms_per_step']:.0f} ms "
                 f"(CPU {r['plain']['cpu_ms_per_step']:.0f} ms)"]  # fmt: skip
-        for name in variants:
+        for name in sides:
             k = r[name]
             rounds = " ".join(f"{x:.2f}" for x in k["ratios"])
             line.append(f"{name} {k['ms_per_step']:.0f} ms (CPU {k['cpu_ms_per_step']:.0f} ms), "
                         f"plain/{name} {k['ratio']:.2f}x "
-                        f"(rounds {rounds}; CPU time {k['cpu_ratio']:.2f}x)")  # fmt: skip
+                        f"(rounds {rounds}; CPU time {k['cpu_ratio']:.2f}x; "
+                        f"first step {k['first_step_s']:.1f} s)")  # fmt: skip
         diffs = "".join(f"; {k} {v:.1e}" for k, v in r.items() if k.endswith("param_max_abs_diff"))
         print("; ".join(line) + f"; logits max |diff| at start {r['logit_max_abs_diff']:.2e}"
               + diffs, flush=True)  # fmt: skip
