@@ -45,6 +45,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         return f"{text} (default: %(default)s)"
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # never wrap inside a hyphenated name (cpu-demo-unet, --max-steps): it is copied as is
+        import textwrap
+
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from kit import __version__
