@@ -7,7 +7,10 @@
 #   OUT_DIR         where runs, predictions, report and submission.csv go (default: outputs)
 #   CONFIG          preset name or YAML path; a comma-separated list trains several ensemble
 #                   members (default: cpu-demo,cpu-demo-unet without a GPU,
-#                   sam-vit-b,unet-resnet34 with one)
+#                   sam-vit-b,unet-resnet34 with one). Members that need a prior (a first-stage
+#                   prediction, e.g. cpu-demo-cascade: model.prompt=mask) make two stages: the
+#                   others first (trained, evaluated: OUT_DIR/stage1/evaluation/oof, predicted:
+#                   OUT_DIR/stage1/predictions), then they, trained on those maps (below)
 #   SAM_CHECKPOINT  Meta SAM checkpoint to fine-tune SAM members from
 #   FOLDS           folds CSV (default: folds.csv)
 #   NGPUS           GPUs to spread folds over, one fold per GPU at a time (default: all visible)
@@ -21,7 +24,8 @@
 #   PSEUDO_ARGS        extra arguments for `kit pseudo-label`, e.g. "--ink 0.9 --background 0.1"
 #   TIME_BUDGET     minutes for the whole pipeline: every `kit train` gets `--budget B` and sets
 #                   its own step count to fit B (it times its steps; epochs stay the validations).
-#                   B = 85 % of TIME_BUDGET / waves, waves = ceil(runs / trainings at once); the
+#                   B = 85 % of TIME_BUDGET / waves, waves = ceil(runs / trainings at once) (with
+#                   two stages, the sum of each stage's: stage 2 starts when stage 1 is done); the
 #                   other 15 % is for the data, evaluation, prediction, submission and report.
 #                   B depends on TIME_BUDGET, the runs and the slots only, never on the clock, so
 #                   a rerun keeps its finished runs. Default 9 without a GPU (unless TRAIN_ARGS
@@ -68,6 +72,20 @@ IFS=',' read -r -a MEMBERS <<<"$CONFIG"
 for config in "${MEMBERS[@]}"; do
   "$PY" -m kit config --config "$config" >/dev/null || bad "CONFIG member '$config' is not a preset or a YAML file that loads (the error above says why)"
 done
+# Members that need a prior (kit.models.needs_prior) are the second stage of a cascade: they
+# train on the first stage's out-of-fold maps and predict from its test maps.
+read -r -a PRIOR_FLAGS <<<"$("$PY" -c 'import sys
+from kit.config import load_config
+from kit.models import needs_prior
+print(" ".join("1" if needs_prior(load_config(c)) else "0" for c in sys.argv[1:]))' "${MEMBERS[@]}")"
+STAGE1=() STAGE2=()
+for i in "${!MEMBERS[@]}"; do
+  if [ "${PRIOR_FLAGS[$i]}" = 1 ]; then STAGE2+=("${MEMBERS[$i]}"); else STAGE1+=("${MEMBERS[$i]}"); fi
+done
+if [ "${#STAGE2[@]}" -gt 0 ]; then
+  [ "${#STAGE1[@]}" -gt 0 ] || bad "CONFIG members ${STAGE2[*]} need a prior from a first stage: add a member that needs none (e.g. CONFIG=cpu-demo-unet,${STAGE2[0]})"
+  [ "$SELF_TRAIN_ROUNDS" -eq 0 ] || bad "SELF_TRAIN_ROUNDS with a member that needs a prior (${STAGE2[*]}) is not supported: pseudo-labelled fragments (fold -1) have no out-of-fold prior"
+fi
 mkdir -p "$OUT_DIR"
 
 if [ -z "${DATA_DIR:-}" ]; then
@@ -105,7 +123,8 @@ step "probe ($OUT_DIR/probe)"
 # Several trainings at once: one per GPU, or CPU_JOBS on a CPU (the demo presets use one torch
 # thread each, so two cores train two folds side by side). Jobs log to <run>.log.
 if [ "$NGPUS" -gt 0 ]; then SLOTS=$NGPUS; else SLOTS=${CPU_JOBS:-$(nproc)}; fi
-N_RUNS=$((${#MEMBERS[@]} * $(wc -w <<<"$FOLD_IDS")))
+N_FOLDS=$(wc -w <<<"$FOLD_IDS")
+N_RUNS=$((${#MEMBERS[@]} * N_FOLDS))
 
 # TIME_BUDGET -> the same --budget for every run (from the budget, runs and slots only: stable).
 TIME_BUDGET=${TIME_BUDGET:-}
@@ -119,7 +138,8 @@ if [ -n "$TIME_BUDGET" ]; then
   if [[ " $TRAIN_ARGS " =~ $own_budget ]]; then
     echo "time budget: TRAIN_ARGS sets --budget itself; TIME_BUDGET=$TIME_BUDGET not applied"
   elif LC_ALL=C awk -v t="$TIME_BUDGET" 'BEGIN { exit !(t > 0) }'; then
-    WAVES=$((($N_RUNS + SLOTS - 1) / SLOTS))
+    # each stage's trainings run in waves of SLOTS, and stage 2 waits for stage 1 to finish
+    WAVES=$((((${#STAGE1[@]} * N_FOLDS) + SLOTS - 1) / SLOTS + ((${#STAGE2[@]} * N_FOLDS) + SLOTS - 1) / SLOTS))
     RUN_BUDGET=$(LC_ALL=C awk -v t="$TIME_BUDGET" -v w="$WAVES" 'BEGIN { printf "%.2f", 0.85 * t / w }')
     BUDGET_ARGS=(--budget "$RUN_BUDGET")
     echo "time budget $TIME_BUDGET min: --budget $RUN_BUDGET min per run ($N_RUNS runs, $SLOTS at a time = $WAVES waves; 15 % kept for the rest; $(($(date +%s) - START)) s elapsed so far)"
@@ -131,9 +151,10 @@ fi
 # TRAIN_ARGS, an edited preset, new data or weights) trains it again from scratch (--overwrite),
 # so a rerun gives what a fresh run gives.
 train_command() {
-  local data=$1 folds=$2 config=$3 fold=$4 run=$5
+  local data=$1 folds=$2 config=$3 fold=$4 run=$5 prior=${6:-}
   TRAIN=(--data "$data" --fold "$fold" --config "$config" --folds "$folds" --out "$run"
     --resume --overwrite)
+  [ -n "$prior" ] && TRAIN+=(--prior "$prior")
   [ -n "$SAM_CHECKPOINT" ] && TRAIN+=(--sam-checkpoint "$SAM_CHECKPOINT")
   # shellcheck disable=SC2206
   TRAIN+=($TRAIN_ARGS "${BUDGET_ARGS[@]}")
@@ -149,15 +170,20 @@ train_one() {
   fi
 }
 
-# One round: every (member, fold) of DATA under FOLDS trained into OUT/runs, their out-of-fold
-# evaluation, the ensemble on the test fragments, OUT/submission.csv and OUT/report.
-ensemble_round() {
-  local data=$1 folds=$2 out=$3 label=$4 submission=$3/submission.csv
-  RUNS=()
-  for config in "${MEMBERS[@]}"; do
-    name=$(basename "${config%.y*ml}")
-    for fold in $FOLD_IDS; do RUNS+=("$out/runs/$name/fold$fold"); done
+run_dirs() {
+  local out=$1
+  shift
+  local config fold
+  for config in "$@"; do
+    for fold in $FOLD_IDS; do echo "$out/runs/$(basename "${config%.y*ml}")/fold$fold"; done
   done
+}
+
+# Every fold of the given members (after the output root, the data, the folds CSV and the prior
+# directory, "" for none), SLOTS trainings at once.
+train_members() {
+  local data=$1 folds=$2 out=$3 prior=$4 config name fold run device
+  shift 4
   PIDS=() NAMES=() LOGS=()
   reap_oldest() {
     local pid=${PIDS[0]} name=${NAMES[0]} log=${LOGS[0]}
@@ -170,15 +196,13 @@ ensemble_round() {
     fi
     echo "  $(tail -n 1 "$log")"
   }
-
-  step "${label}train ${#RUNS[@]} runs, $SLOTS at a time ($([ "$NGPUS" -gt 0 ] && echo "$NGPUS GPU(s)" || echo CPU))"
   slot=0
-  for config in "${MEMBERS[@]}"; do
+  for config in "$@"; do
     name=$(basename "${config%.y*ml}")
     mkdir -p "$out/runs/$name"
     for fold in $FOLD_IDS; do
       run="$out/runs/$name/fold$fold"
-      train_command "$data" "$folds" "$config" "$fold" "$run"
+      train_command "$data" "$folds" "$config" "$fold" "$run" "$prior"
       device=cpu
       [ "$NGPUS" -gt 0 ] && device=$((slot % NGPUS))
       if [ "$SLOTS" -le 1 ]; then
@@ -195,6 +219,40 @@ ensemble_round() {
     done
   done
   while [ "${#PIDS[@]}" -gt 0 ]; do reap_oldest; done
+}
+
+# One round: every (member, fold) of DATA under FOLDS trained into OUT/runs, their out-of-fold
+# evaluation, the ensemble on the test fragments, OUT/submission.csv and OUT/report.
+# With members that need a prior, two stages: the others first, evaluated (their out-of-fold
+# ensemble maps, OUT/stage1/evaluation/oof, are the priors of the training fragments) and
+# predicted on the test fragments (OUT/stage1/predictions, their priors); then the members that
+# need a prior, trained with --prior on the out-of-fold maps; then all of them together as below.
+ensemble_round() {
+  local data=$1 folds=$2 out=$3 label=$4 submission=$3/submission.csv
+  mapfile -t RUNS < <(run_dirs "$out" "${MEMBERS[@]}")
+  PRIOR=()
+  if [ "${#STAGE2[@]}" -gt 0 ]; then
+    local first="$out/stage1"
+    mapfile -t STAGE1_RUNS < <(run_dirs "$out" "${STAGE1[@]}")
+    step "${label}stage 1: train ${#STAGE1_RUNS[@]} runs of ${STAGE1[*]}, $SLOTS at a time"
+    train_members "$data" "$folds" "$out" "" "${STAGE1[@]}"
+    TUNE1=() WEIGHTS1=()
+    if [ "${#STAGE1[@]}" -gt 1 ]; then
+      TUNE1=(--tune-weights) WEIGHTS1=(--evaluation "$first/evaluation/evaluation.json")
+    fi
+    step "${label}stage 1: out-of-fold evaluation (the priors of the training fragments)"
+    "$PY" -m kit evaluate --runs "${STAGE1_RUNS[@]}" --data "$data" --out "$first/evaluation" \
+      --no-pictures "${TUNE1[@]}"
+    step "${label}stage 1: ensemble prediction on $DATA_DIR/test (the priors of the test fragments)"
+    "$PY" -m kit predict --data "$DATA_DIR/test" --runs "${STAGE1_RUNS[@]}" \
+      --out "$first/predictions" "${WEIGHTS1[@]}"
+    step "${label}stage 2: train $((${#RUNS[@]} - ${#STAGE1_RUNS[@]})) runs of ${STAGE2[*]} on the stage-1 priors, $SLOTS at a time"
+    train_members "$data" "$folds" "$out" "$first/evaluation/oof" "${STAGE2[@]}"
+    PRIOR=(--prior "$first/predictions")
+  else
+    step "${label}train ${#RUNS[@]} runs, $SLOTS at a time ($([ "$NGPUS" -gt 0 ] && echo "$NGPUS GPU(s)" || echo CPU))"
+    train_members "$data" "$folds" "$out" "" "${MEMBERS[@]}"
+  fi
 
   # With several members their ensemble weights are chosen on the out-of-fold maps, and predict
   # uses the same weights (kit/weights.py; evaluate also prints a nested estimate of their worth).
@@ -208,7 +266,7 @@ ensemble_round() {
 
   step "${label}ensemble prediction on $DATA_DIR/test"
   "$PY" -m kit predict --data "$DATA_DIR/test" --runs "${RUNS[@]}" --out "$out/predictions" \
-    "${WEIGHTS[@]}"
+    "${WEIGHTS[@]}" "${PRIOR[@]}"
 
   step "${label}submission"
   # shellcheck disable=SC2086

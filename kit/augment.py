@@ -32,21 +32,33 @@ from kit.config import AugmentConfig
 
 
 def augment_batch(
-    x: torch.Tensor, y: torch.Tensor, *, config: AugmentConfig, generator: torch.Generator
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    channels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augmented copies of x (B, C, T, T) and y (B, K, T, T); see the module docstring."""
+    """Augmented copies of x (B, C, T, T) and y (B, K, T, T); see the module docstring.
+
+    `channels`: how many of x's channels are the image (the slices); the ones after it (a
+    first-stage prior, kit.data.preprocess.read_window) move with every geometric transform
+    (bilinear, like the image) and get no intensity transform. None: all of them are image."""
     g = generator
     x, y = x.clone(), y.clone()  # the transforms below work in place
     x, y = random_flip(x, y, p=config.p_flip, generator=g)
     x, y = random_rot90(x, y, p=config.p_rot90, generator=g)
     x, y = random_affine(x, y, config=config, generator=g)
+    extra = None
+    if channels is not None and channels < x.shape[1]:
+        x, extra = x[:, :channels].contiguous(), x[:, channels:]
     x = random_zshift(x, p=config.p_zshift, max_shift=config.max_zshift, generator=g)
     x = random_intensity(x, config=config, generator=g)
     x = random_slice_jitter(x, p=config.p_slice_jitter, amount=config.slice_jitter, generator=g)
     x = random_slice_dropout(x, p=config.p_slice_dropout, rate=config.slice_dropout, generator=g)
     x = random_coarse_dropout(x, config=config, generator=g)
     x = random_noise(x, p=config.p_noise, std=config.noise_std, generator=g)
-    return x, y
+    return (x if extra is None else torch.cat([x, extra], dim=1)), y
 
 
 def _rand(shape: tuple[int, ...], like: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -72,7 +72,7 @@ class ModelConfig:
     family: str = "sam"  # see kit.models.MODEL_FAMILIES
     variant: str = "vit_b"  # SAM: vit_b/vit_l/vit_h/vit_tiny...; U-Net: a timm encoder name
     adapter: str = "conv1x1"  # volume -> 3 channels: "conv1x1", "stem3d", "mosaic"
-    prompt: str = "none"  # "none", "box", "points"
+    prompt: str = "none"  # "none", "box", "points", "mask" (a first-stage prior: --prior DIR)
     num_points: int = 8  # points per tile when prompt == "points"
     train_mode: str = "full"  # "frozen", "lora", "full"
     lora_rank: int = 8
@@ -94,6 +94,9 @@ class ModelConfig:
     # sam_attention.AUTO_ATTENTION). The same weights and outputs up to float rounding.
     attention: str = "auto"
     compile: bool = False  # torch.compile the training forward (off: slower on a CPU, BENCHMARKS)
+    # SAM with prompt "mask": output logits = the decoder's + the prior's logits (the model learns
+    # a correction of the first stage's map instead of first learning to pass it through)
+    prior_residual: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.input_gain, str) and self.input_gain != "auto":

@@ -1,7 +1,9 @@
 """Out-of-fold scoring: F0.5 per fold and pooled, the pooled-optimal threshold, members vs ensemble.
 
     load_oof_run(spec, data=None) -> OOFRun          a run directory's OOF maps and held-out regions
-    evaluate_runs(runs)           -> Evaluation      per fold/member histograms -> scores
+    evaluate_runs(runs)           -> Evaluation      per fold/member histograms -> scores, and
+                                                     each fragment's OOF ensemble map
+    write_oof_maps(evaluation, out, record)          those maps as a prior dir (kit train --prior)
     draw_pictures(evaluation, runs, out)             overlays (TP/FP/FN) of the ensemble and of
                                                      each member, and threshold plots
 
@@ -17,7 +19,7 @@ once and pooling is a sum.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +48,19 @@ class OOFRun:
 
 
 @dataclass
+class OOFMap:
+    """A fragment's out-of-fold ensemble map: each held-out row from its own fold's runs."""
+
+    fragment: Fragment
+    prob: np.ndarray  # uint8 (H, W), 0 outside `rows`
+    rows: list[tuple[int, int]]  # the held-out row ranges it covers
+
+
+@dataclass
 class Evaluation:
     folds: dict[int, dict[str, LevelHistogram]]  # fold -> member name or "ensemble" -> scores
     members: list[str]
+    oof: dict[str, OOFMap] = field(default_factory=dict)  # fragment id -> stitched over folds
 
     def pooled(self, name: str) -> LevelHistogram:
         return LevelHistogram.total(s[name] for s in self.folds.values() if name in s)
@@ -151,6 +163,7 @@ def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
         raise KitError("no run directories to evaluate")
     folds: dict[int, dict[str, LevelHistogram]] = {}
     members: list[str] = []
+    oof: dict[str, OOFMap] = {}
     n_items = len({(run.fold, r.fragment) for run in runs for r in run.regions})
     for fold, fragment, scored, maps, ensemble in progress_bar(
         fold_maps(runs), desc="evaluate", unit="fragment", enabled=progress, total=n_items
@@ -165,7 +178,41 @@ def evaluate_runs(runs: list[OOFRun], *, progress: bool = True) -> Evaluation:
             )
             if name != "ensemble" and name not in members:
                 members.append(name)
-    return Evaluation(folds, members)
+        _stitch_oof(oof, fragment, ensemble, _held_out_rows(runs, fold, fragment))
+    return Evaluation(folds, members, oof)
+
+
+def _held_out_rows(runs: list[OOFRun], fold: int, fragment: Fragment) -> list[tuple[int, int]]:
+    run = next(r for r in runs if r.fold == fold)
+    return [r.rows(fragment.shape[0]) for r in run.regions if r.fragment == fragment.id]
+
+
+def _stitch_oof(oof: dict[str, OOFMap], fragment: Fragment, ensemble: np.ndarray, rows) -> None:
+    """Copy a fold's held-out rows of its ensemble map into the fragment's OOF map."""
+    if fragment.id not in oof:
+        oof[fragment.id] = OOFMap(fragment, np.zeros(fragment.shape, np.uint8), [])
+    entry = oof[fragment.id]
+    for r0, r1 in rows:
+        entry.prob[r0:r1] = ensemble[r0:r1]
+        entry.rows.append((r0, r1))
+
+
+def write_oof_maps(evaluation: Evaluation, out: Path, record: dict) -> Path:
+    """The OOF ensemble maps as a prediction directory `out` (`<fragment>.png` and a predict.json
+    with each fragment's identity and the rows it covers), usable as `kit train --prior`: each
+    pixel was predicted by the fold's models that did not train on it."""
+    from kit.provenance import fragment_identity
+    from kit.run import PredictionDir, map_suffixes
+
+    pred = PredictionDir(out)
+    for fid, m in sorted(evaluation.oof.items()):
+        pred.write_map(fid, m.prob, map_suffixes(m.fragment.shape, layout=m.fragment.layout))
+    pred.write_record({
+        **record,
+        "fragments": {fid: fragment_identity(m.fragment) for fid, m in evaluation.oof.items()},
+        "rows": {fid: sorted(m.rows) for fid, m in evaluation.oof.items()},
+    })  # fmt: skip
+    return out
 
 
 def overlay_picture(out: Path, fold: int, fragment_id: str, member: str | None = None) -> Path:

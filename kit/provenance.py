@@ -65,11 +65,14 @@ def file_identity(path: str | os.PathLike | None) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def training_provenance(config, *, fold: int, regions: list, fragments: list) -> dict:
+def training_provenance(
+    config, *, fold: int, regions: list, fragments: list, prior: dict | None = None
+) -> dict:
     """What a training run is made from: the requested config (before its "auto" fields are
     resolved from the data), the fold, every region of the folds CSV, the identity of each
-    fragment it reads and of the weights it starts from, and the kit's version. Two runs with
-    equal provenance train the same model."""
+    fragment it reads and of the weights it starts from, the prior maps it reads (a member that
+    needs one: kit.run.PredictionDir.identity), and the kit's version. Two runs with equal
+    provenance train the same model."""
     from kit import __version__
     from kit.config import config_to_dict
 
@@ -84,6 +87,7 @@ def training_provenance(config, *, fold: int, regions: list, fragments: list) ->
             "pretrained": file_identity(m.pretrained),
             "init_from": file_identity(m.init_from),
         },
+        **({"prior": prior} if prior is not None else {}),
     }
 
 

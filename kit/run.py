@@ -328,6 +328,42 @@ class PredictionDir:
             )
         return prob
 
+    def read_prior(self, fragment, rows: list[tuple[int, int]] | None = None) -> np.ndarray:
+        """The fragment's map as a first-stage prior (`read_checked`), refused when it does not
+        cover `rows` (absolute row ranges the member reads): an out-of-fold prior made by `kit
+        evaluate` covers only the held-out rows its predict.json records ("rows")."""
+        prob = self.read_checked(fragment.id, fragment)
+        covered = self.record().get("rows", {}).get(fragment.id)
+        if covered is None or rows is None:
+            return prob
+        inside = np.zeros(fragment.shape[0], bool)
+        for r0, r1 in covered:
+            inside[r0:r1] = True
+        missing = [(r0, r1) for r0, r1 in rows if not inside[r0:r1].all()]
+        if missing:
+            r0, r1 = missing[0]
+            raise KitError(
+                f"{self.map(fragment.id)} is an out-of-fold prior covering rows "
+                f"{', '.join(f'{a}..{b}' for a, b in covered)} of fragment {fragment.id}, but "
+                f"rows {r0}..{r1} are read too: no fold held them out (fold -1 rows of "
+                "pseudo-labelled fragments have no out-of-fold map); train the first stage on "
+                "folds that hold out every row, or leave those rows out of the folds CSV"
+            )
+        return prob
+
+    def identity(self, fragment_ids: list[str]) -> dict:
+        """What a member reading these maps as priors was made from: the directory and each
+        map file's sha256 (None: missing). Bytes, not mtimes: `kit evaluate` rewrites its
+        out-of-fold maps on every run, and the same maps must not retrain the next stage (an
+        8-bit map is small next to the fragment's slices)."""
+        from kit.provenance import file_digest
+
+        maps = {}
+        for fid in sorted(fragment_ids):
+            path = self.map(fid)
+            maps[fid] = file_digest(path) if path.is_file() else None
+        return {"dir": str(self.path.resolve()), "maps": maps}
+
     def part_file(self, fragment_id: str, key: str, index: int, count: int) -> Path:
         """Rows of one part of a shared-out prediction (kit.infer.parts), until assembled."""
         return self.path / ".parts" / f"{fragment_id}.{key}.{index + 1}of{count}.npy"

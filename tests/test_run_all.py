@@ -16,6 +16,10 @@ from kit.submission import fragment_shapes, validate_submission
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# the default CPU members and a cascade member (it needs a prior): run_all.sh's two stages
+CASCADE = "cpu-demo,cpu-demo-unet,cpu-demo-cascade"
+
+
 def _run_all(out: Path, folds: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
@@ -25,6 +29,7 @@ def _run_all(out: Path, folds: Path) -> subprocess.CompletedProcess:
         "DEMO_SCALE": "0.03",
         "TRAIN_ARGS": "--max-steps 2",
         "PYTHON": sys.executable,
+        "CONFIG": CASCADE,
     }
     return subprocess.run(
         ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True, timeout=900
@@ -33,7 +38,9 @@ def _run_all(out: Path, folds: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_run_all_writes_a_valid_submission_and_reuses_everything(tmp_path):
-    # Two folds keep the test short; fold 1 holds out two whole fragments.
+    # Two folds keep the test short; fold 1 holds out two whole fragments. The members are the
+    # CPU defaults (stage 1) and the cascade (stage 2: trained on stage 1's out-of-fold maps,
+    # predicting from its test maps); one run covers both stages (single-stage runs: below).
     folds = tmp_path / "folds.csv"
     write_folds(
         [Region("1", 0, 0.0, 1.0), Region("2", 1, 0.0, 1.0), Region("3", 1, 0.0, 1.0)], folds
@@ -50,17 +57,48 @@ def test_run_all_writes_a_valid_submission_and_reuses_everything(tmp_path):
     shapes = fragment_shapes(test_dir)
     for fid, rle in zip(frame["Id"].astype(str), frame["Predicted"], strict=True):
         assert decode(rle, shapes[fid]).sum() == counts[fid]
-    for member in ("cpu-demo", "cpu-demo-unet"):
+    for member in ("cpu-demo", "cpu-demo-unet", "cpu-demo-cascade"):
         for fold in (0, 1):
             assert (out / "runs" / member / f"fold{fold}" / "checkpoints" / "best.pt").is_file()
     assert (out / "report" / "index.html").read_text().count("<img") >= 3
+    stage1 = out / "stage1"
+    assert first.stdout.index("==> stage 1: train 4 runs") < first.stdout.index(
+        "==> stage 2: train 2 runs of cpu-demo-cascade"
+    )
+    for fold in (0, 1):  # stage 2 trained on stage 1's out-of-fold ensemble maps
+        record = json.loads(
+            (out / "runs" / "cpu-demo-cascade" / f"fold{fold}" / "run.json").read_text()
+        )
+        assert record["prior"] == str((stage1 / "evaluation" / "oof").resolve())
+        assert "prior" not in json.loads(
+            (out / "runs" / "cpu-demo" / f"fold{fold}" / "run.json").read_text()
+        )
+    assert sorted(p.name for p in (stage1 / "evaluation" / "oof").glob("*.png")) == [
+        "1.png",
+        "2.png",
+        "3.png",
+    ]
+    predicted = json.loads((out / "predictions" / "predict.json").read_text())
+    assert predicted["prior"]["dir"] == str((stage1 / "predictions").resolve())
 
     checkpoint = out / "runs" / "cpu-demo" / "fold0" / "checkpoints" / "best.pt"
     stamp = checkpoint.stat().st_mtime_ns
     second = _run_all(out, folds)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("nothing to do") == 4
+    assert second.stdout.count("nothing to do") == 6
+    assert second.stdout.count("exists (same members, checkpoints and data): skipped") == 4
     assert checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_run_all_refuses_a_cascade_without_a_first_stage(tmp_path, demo_dir):
+    env = {**os.environ, "OUT_DIR": str(tmp_path), "DATA_DIR": str(demo_dir), "NGPUS": "0",
+           "CONFIG": "cpu-demo-cascade", "PYTHON": sys.executable}  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert "need a prior from a first stage: add a member that needs none" in result.stderr
+    assert not (tmp_path / "probe").exists()
 
 
 def test_run_all_refuses_an_unknown_member_before_any_work(tmp_path, demo_dir):
@@ -79,8 +117,8 @@ def test_run_all_refuses_an_unknown_member_before_any_work(tmp_path, demo_dir):
 def _run_all_failing(tmp_path, demo_dir, **env_vars) -> subprocess.CompletedProcess:
     """run_all.sh up to its first training, which fails at once (train.lr=0 is refused)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TIME_BUDGET", "TRAIN_ARGS")}
-    env.update(OUT_DIR=str(tmp_path), DATA_DIR=str(demo_dir), NGPUS="0", CPU_JOBS="2",
-               CONFIG="cpu-demo-unet", PYTHON=sys.executable, **env_vars)  # fmt: skip
+    env.update({"OUT_DIR": str(tmp_path), "DATA_DIR": str(demo_dir), "NGPUS": "0",
+                "CPU_JOBS": "2", "CONFIG": "cpu-demo-unet", "PYTHON": sys.executable, **env_vars})  # fmt: skip
     env["TRAIN_ARGS"] = (env.get("TRAIN_ARGS", "") + " --set train.lr=0").strip()
     return subprocess.run(
         ["bash", str(ROOT / "run_all.sh")], env=env, capture_output=True, text=True, timeout=300
@@ -96,6 +134,10 @@ def test_run_all_gives_every_training_the_same_budget(tmp_path, demo_dir):
     assert "time budget 9 min: --budget 3.82 min per run" in default.stdout
     for told in ({"TRAIN_ARGS": "--max-steps 2"}, {"TIME_BUDGET": "0"}):
         assert "time budget" not in _run_all_failing(tmp_path, demo_dir, **told).stdout
+    # two stages wait for each other: 4 + 4 runs, 3 at a time = 2 + 2 waves (not ceil(8 / 3))
+    staged = _run_all_failing(tmp_path, demo_dir, TIME_BUDGET="6", CPU_JOBS="3",
+                              CONFIG="cpu-demo-unet,cpu-demo-cascade")  # fmt: skip
+    assert "--budget 1.27 min per run (8 runs, 3 at a time = 4 waves" in staged.stdout
     wrong = _run_all_failing(tmp_path, demo_dir, TIME_BUDGET="nine")
     assert wrong.returncode == 2 and "TIME_BUDGET must be minutes" in wrong.stderr
 

@@ -5,7 +5,10 @@ dataset (--data, else the `data` recorded in the run's run.json). Runs of the sa
 U-Net) are averaged as `predict` would (RUN:W sets a weight); each member is scored too.
 With --tune-weights the members' weights are searched on the OOF maps first (kit/weights.py) and
 the ensemble is scored with them; `predict --evaluation` then uses the same weights.
-Writes <OUT>/evaluation.json (threshold, weights, pooled and per-fold scores) and pictures.
+Writes <OUT>/evaluation.json (threshold, weights, pooled and per-fold scores), pictures and
+<OUT>/oof/: per training fragment the ensemble's out-of-fold map (each fold's held-out rows from
+that fold's runs, with the weights used here) in the prediction format, with a predict.json that
+records the rows each map covers: the `--prior DIR` of a second stage (`kit train --prior`).
 """
 
 from __future__ import annotations
@@ -39,8 +42,15 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from kit import __version__
     from kit.errors import KitError
-    from kit.evaluate import draw_pictures, evaluate_runs, format_table, load_oof_run
+    from kit.evaluate import (
+        draw_pictures,
+        evaluate_runs,
+        format_table,
+        load_oof_run,
+        write_oof_maps,
+    )
     from kit.infer.ensemble import explicit_weights, parse_spec
     from kit.io import atomic_path
     from kit.weights import describe_weights, search_weights
@@ -68,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     path = out / "evaluation.json"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    oof = write_oof_maps(evaluation, out / "oof", {
+        "kit": __version__, "kind": "out-of-fold ensemble", "runs": summary["runs"],
+    })  # fmt: skip
     if not args.no_pictures:
         draw_pictures(evaluation, runs, out)
     print(format_table(summary))
@@ -77,5 +90,5 @@ def run(args: argparse.Namespace) -> int:
     if above is not None:
         print(f"ensemble above every member: {'yes' if above else 'NO'}")
     print(f"out-of-fold F0.5 {summary['f05']:.4f} at threshold {summary['threshold']:.4f}")
-    print(f"wrote {path}")
+    print(f"wrote {path} and the out-of-fold ensemble maps {oof} (a --prior for a next stage)")
     return 0

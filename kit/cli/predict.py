@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="map files: 8-bit PNG, or tiled BigTIFF with a pyramid; auto: TIFF above "
                         "2**26 pixels (competition fragments always get the PNG too)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="redo fragments already predicted")
+    p.add_argument("--prior", default=None, metavar="DIR",
+                   help="first-stage maps of these fragments (a `kit predict` output) for the "
+                        "members that need a prior (model.prompt=mask); the others ignore it")  # fmt: skip
     p.add_argument("--part", default=None, metavar="K/N",
                    help="make part K of N (a band of every fragment's rows) for a prediction "
                         "shared between machines; the last part to finish writes the maps")  # fmt: skip
@@ -63,12 +66,14 @@ def run(args: argparse.Namespace) -> int:
     from kit.data.layout import find_fragments
     from kit.infer.ensemble import (
         check_compatible,
+        check_priors,
         load_members,
         predict_ensemble,
         resolve_members,
     )
     from kit.infer.parts import Part, part_key
     from kit.io import remove_temporaries
+    from kit.models import needs_prior
     from kit.provenance import file_digest, fragment_identity
     from kit.run import PredictionDir, map_suffixes
     from kit.train import ddp
@@ -107,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         "format": args.format,
         "fragments": {f.id: fragment_identity(f) for f in fragments},
     }
+    priors = None
+    if args.prior is not None:  # an input of every map (a changed prior predicts again)
+        priors = PredictionDir(args.prior)
+        record["prior"] = priors.identity([f.id for f in fragments])
     suffixes = {f.id: map_suffixes(f.shape, args.format, layout=f.layout) for f in fragments}
     todo = _todo(out, record, fragments, suffixes, overwrite=args.overwrite)
     for f in fragments:
@@ -119,9 +128,15 @@ def run(args: argparse.Namespace) -> int:
         ddp.cleanup(info)
         return 0
     loaded = load_members(members, overrides=args.set, device=device)
+    check_priors(loaded, given=priors is not None)
+    if not any(needs_prior(lm.config) for lm in loaded):
+        priors = None  # no member reads one
+    prior_maps = {}
     for fragment in todo:  # every fragment before the first map: no half-predicted directory
         check_compatible(loaded, fragment)
         fragment.mask()  # an empty mask fails here
+        if priors is not None:  # checked against the fragment, the whole of it covered
+            prior_maps[fragment.id] = priors.read_prior(fragment, [(0, fragment.shape[0])])
     if info.is_main:
         for m in members:
             print(f"member {m.name}: {m.checkpoint} (weight {m.weight:g})")
@@ -134,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         fid, identity = fragment.id, record["fragments"][fragment.id]
         own = None if part.whole else part.rows(fragment.shape[0])
         prob = predict_ensemble(loaded, fragment, device=device, progress=not args.no_progress,
-                                own=own)  # fmt: skip
+                                own=own, prior=prior_maps.get(fid))  # fmt: skip
         if not part.whole:
             key = part_key(record, identity)
             out.write_part(fid, key, part.index, part.count, prob[own[0] : own[1]])

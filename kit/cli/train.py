@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from a run of the same model (its best.pt): tensors whose name "
                         "and shape match are copied, the rest named (e.g. an infrared warm-up)")  # fmt: skip
     p.add_argument("--out", default=None, help="run directory (default runs/<config>/fold<K>)")
+    p.add_argument("--prior", default=None, metavar="DIR",
+                   help="first-stage maps for a member that needs a prior (model.prompt=mask): "
+                        "the out-of-fold maps `kit evaluate` writes to EVAL_DIR/oof; members "
+                        "without one ignore it")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from kit.data.layout import find_fragments
     from kit.errors import KitError
     from kit.run import RunDir, default_run_dir
-    from kit.train.rerun import finished_message, plan
+    from kit.train.rerun import checked_prior, finished_message, plan
 
     data = Path(args.data)
     find_fragments(data, "train")  # a wrong --data fails here, before the model is built
@@ -102,9 +106,10 @@ def run(args: argparse.Namespace) -> int:
 
         checked_device(args.device)
     out = Path(args.out) if args.out else default_run_dir(config.name, args.fold)
+    prior = checked_prior(config, Path(args.prior) if args.prior else None)
     decision, _ = plan(  # before torch is imported: a finished run answers at once
         config, data_dir=data, fold=args.fold, folds_csv=folds, run=RunDir(out),
-        resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps,
+        resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, prior_dir=prior,
     )  # fmt: skip
     if args.dry_run:
         return _dry_run(config, data, args.fold, folds, out, decision, args.max_steps)
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         config, data_dir=data, fold=args.fold, folds_csv=folds, out=out,
         max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite,
         log_images=args.log_images, device=args.device, started=started,
-        progress=not args.no_progress,
+        progress=not args.no_progress, prior_dir=prior,
     )  # fmt: skip
     if summary["best_f05"] is not None:
         print(f"{out}: step {summary['step']}, best held-out F0.5 {summary['best_f05']:.4f} "

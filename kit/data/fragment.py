@@ -19,6 +19,7 @@ refused: its layers would not be on one intensity scale.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ class Fragment:
         self.window: LayerWindow | None = _table_row(self.files, self.n_slices)
         self._mask: np.ndarray | None = None
         self._ignore: np.ndarray | None = None
+        # a first-stage probability map, uint8 (H, W), for members that need one (with_prior)
+        self.prior: np.ndarray | None = None
 
     def __repr__(self) -> str:
         h, w = self.shape
@@ -153,6 +156,19 @@ class Fragment:
         r0, r1, _ = rows.indices(h)
         c0, c1, _ = cols.indices(w)
         return self._volume.read(z_start, z_end, r0, max(r1, r0), c0, max(c1, c0))
+
+    def with_prior(self, prior: np.ndarray | None) -> Fragment:
+        """This fragment with a first-stage probability map attached, uint8 (H, W) (None: none),
+        a new object sharing the files and caches: `kit.data.preprocess.read_window` then reads
+        it as one more channel. Members without a prior keep reading the plain fragment."""
+        if prior is not None and prior.shape != self.shape:
+            raise FragmentError(
+                f"the prior of fragment {self.id} is {prior.shape[0]}×{prior.shape[1]}, the "
+                f"fragment ({self.path}) is {self.shape[0]}×{self.shape[1]}"
+            )
+        other = copy.copy(self)
+        other.prior = prior
+        return other
 
     def _check_png_shape(self, png: Path) -> None:
         try:

@@ -1,9 +1,16 @@
 """The one preprocessing path shared by training, validation and inference.
 
     layer_window(fragment, data)              -> (z_start, z_end, reverse) the model reads there
-    read_window(fragment, data, y, x, h, w)  -> uint16 (C, h, w) on the host (zero-padded outside)
+    read_window(fragment, data, y, x, h, w)  -> uint16 (C, h, w) on the host (zero-padded outside);
+                                                (C + 1, h, w) when the fragment carries a prior
     fragment_stats(fragment, data)            -> NormStats (per fragment, from sampled mask rows)
     normalize(batch, stats, data)             -> float32 (B, C, h, w) on the device
+
+A first-stage prediction attached to a fragment (`Fragment.with_prior`, for members that need a
+prior: `kit.models.needs_prior`) is read here too, as one more channel after the slices holding
+its 8-bit levels 0..255, so that every tile of it comes from the same window, flips, rot90 and
+TTA as the image (the augmentations' geometric transforms move all channels; `normalize` maps it
+to [0, 1]).
 
 Windows stay uint16 until they reach the device, so host memory and host→device traffic are
 a quarter of float32's. Normalisation is per fragment (not per slice): the intensity profile
@@ -33,7 +40,25 @@ class NormStats:
 
 
 def read_window(fragment: Fragment, data: DataConfig, y: int, x: int, h: int, w: int) -> np.ndarray:
-    """Model input channels over rows y..y+h, cols x..x+w, uint16 (C, h, w); zero outside."""
+    """Model input channels over rows y..y+h, cols x..x+w, uint16 (C, h, w); zero outside.
+    With a prior attached to the fragment, its window follows as channel C: (C + 1, h, w)."""
+    image = _image_window(fragment, data, y, x, h, w)
+    if fragment.prior is None:
+        return image
+    return np.concatenate([image, prior_window(fragment.prior, y, x, h, w)])
+
+
+def prior_window(prior: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """uint16 (1, h, w) window of a uint8 (H, W) prior (its levels 0..255), zero outside."""
+    out = np.zeros((1, h, w), dtype=np.uint16)
+    H, W = prior.shape
+    ys, ye, xs, xe = max(y, 0), min(y + h, H), max(x, 0), min(x + w, W)
+    if ys < ye and xs < xe:
+        out[0, ys - y : ye - y, xs - x : xe - x] = prior[ys:ye, xs:xe]
+    return out
+
+
+def _image_window(fragment: Fragment, data: DataConfig, y: int, x: int, h: int, w: int):
     H, W = fragment.shape
     ys, ye, xs, xe = max(y, 0), min(y + h, H), max(x, 0), min(x + w, W)
     if data.input_mode == "volume" and (ys, ye, xs, xe) == (y, y + h, x, x + w):
@@ -123,7 +148,12 @@ def _histogram_percentile(hist: np.ndarray, q: float) -> float:
 
 
 def normalize(batch: torch.Tensor, stats: torch.Tensor, data: DataConfig) -> torch.Tensor:
-    """uint16/int (B, C, h, w) and stats (B, 2) = [offset, scale] -> float32 (B, C, h, w)."""
+    """uint16/int (B, C, h, w) and stats (B, 2) = [offset, scale] -> float32 (B, C, h, w).
+    A prior channel after the data.in_channels slices (`read_window`) becomes level / 255."""
+    c = data.in_channels
+    if batch.shape[1] > c:
+        image = normalize(batch[:, :c], stats, data)
+        return torch.cat([image, batch[:, c:].to(torch.float32) / 255.0], dim=1)
     stats = stats.to(batch.device, torch.float32)
     # in place on one float32 copy: half the time of out-of-place ops on CPU, same values
     x = (

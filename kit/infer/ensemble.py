@@ -23,6 +23,7 @@ from kit.data.fragment import Fragment
 from kit.errors import KitError
 from kit.infer.stitch import predict_fragment, to_channels_last
 from kit.io import release_rows, scratch_array
+from kit.models import needs_prior
 from kit.run import MemberId, RunDir
 
 
@@ -190,6 +191,21 @@ def check_compatible(loaded: list[LoadedMember], fragment: Fragment) -> None:
             )
 
 
+def check_priors(loaded: list[LoadedMember], *, given: bool) -> None:
+    """KitError naming the members that need a prior (kit.models.needs_prior) when none is
+    given, and the fix."""
+    if given:
+        return
+    needing = [lm.member.name for lm in loaded if needs_prior(lm.config)]
+    if needing:
+        verb = "needs" if len(needing) == 1 else "need"
+        raise KitError(
+            f"{', '.join(needing[:3])}{' ...' if len(needing) > 3 else ''} {verb} a prior (a "
+            "first-stage probability map of each fragment, model.prompt=mask): pass --prior DIR, "
+            "the first stage's `kit predict` output for these fragments"
+        )
+
+
 def predict_ensemble(
     loaded: list[LoadedMember],
     fragment: Fragment,
@@ -197,17 +213,24 @@ def predict_ensemble(
     device: str = "cpu",
     progress: bool = True,
     own: tuple[int, int] | None = None,
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
     """Weighted mean of the members' maps, uint8 (H, W) (`mean_maps`); `own` rows only when
-    given (kit.infer.stitch.predict_fragment). With several members each
+    given (kit.infer.stitch.predict_fragment). `prior` (uint8 (H, W), a first-stage map of the
+    fragment) goes to the members that need one (kit.models.needs_prior); a member that needs
+    one and gets none is a KitError. With several members each
     map waits in a scratch file (kit.io.scratch_array) until all are done, so host memory holds
     one member's map and a band of the mean, never an (H, W) float map."""
     check_compatible(loaded, fragment)
     active = [lm for lm in loaded if lm.member.weight > 0]
 
+    check_priors(loaded, given=prior is not None)
+    with_prior = fragment.with_prior(prior)
+
     def member_map(lm: LoadedMember) -> np.ndarray:
+        seen = with_prior if needs_prior(lm.config) else fragment
         return predict_fragment(
-            lm.model.to(device), lm.config, fragment, device=device, progress=progress,
+            lm.model.to(device), lm.config, seen, device=device, progress=progress,
             label=f"{lm.member.name}: fragment {fragment.id}", own=own,
         )  # fmt: skip
 

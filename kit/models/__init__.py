@@ -5,6 +5,7 @@
     load_pretrained(model, config) -> loads config.model.pretrained (never inside build_model)
     param_groups(model, config)    -> optimizer groups: trainable params, layer-wise LR decay
     training_hooks(config, model, ...) -> what the trainer adds to the family's forward
+    needs_prior(config)            -> whether the member reads a first-stage prediction
 
 A family is a `FamilySpec` registered under its name (registry.py); each family's module
 registers itself when imported below. Constructors never touch files. `build_model` also applies
@@ -24,6 +25,7 @@ from kit.models.registry import (
     check_model_config,
     family,
     load_pretrained,
+    needs_prior,
     param_groups,
     register_family,
     training_hooks,
@@ -38,6 +40,7 @@ __all__ = [
     "check_model_config",
     "family",
     "load_pretrained",
+    "needs_prior",
     "param_groups",
     "register_family",
     "sam_family",

@@ -6,6 +6,7 @@
     load_pretrained(model, config)  loads config.model.pretrained (never inside build_model)
     param_groups(model, config)     -> optimizer groups: trainable params, layer-wise LR decay
     training_hooks(config, model, fragments=..., n_tiles=..., device=...)  -> TrainingHooks
+    needs_prior(config)             whether the member reads a first-stage prediction (a prior)
 
 Nothing here imports torch, timm or segment_anything, and neither may a family's module at
 import time (its spec imports its modules inside `build`): `check_model_config` is called when a
@@ -91,6 +92,9 @@ class FamilySpec:
     # (config, model, *, fragments, n_tiles, device) -> the trainer's hooks; None: TrainingHooks()
     training_hooks: Callable[..., TrainingHooks] | None = None
     embedding_cache: bool = False  # whether train.embedding_cache applies (its hooks keep one)
+    # config -> whether the model reads a first-stage probability map of the fragment as one
+    # more input channel (kit.data.preprocess.read_window); None: never
+    needs_prior: Callable[[Config], bool] | None = None
 
 
 MODEL_FAMILIES: dict[str, FamilySpec] = {}
@@ -139,6 +143,14 @@ def _choice_error(name: str, key: str, value: object, valid: Sequence[str]) -> K
     return KitError(
         f"unknown model.{key} {value!r} for model.family {name!r}; valid: {list(valid)}"
     )
+
+
+def needs_prior(config: Config) -> bool:
+    """Whether this member needs a prior (e.g. SAM with model.prompt=mask): a first-stage
+    probability map of every fragment it trains on, validates or predicts (`kit train/predict
+    --prior DIR`); its input then has data.in_channels + 1 channels."""
+    spec = family(config.model.family)
+    return spec.needs_prior is not None and spec.needs_prior(config)
 
 
 def build_model(config: Config) -> nn.Module:

@@ -37,10 +37,24 @@ if TYPE_CHECKING:
 # Meta's pixel statistics in the 0-255 frame (segment_anything.build_sam).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+# a prior of 0 or 1 becomes logit ±4.6 in the mask prompt, not ±inf
+PRIOR_EPS = 0.01
+
+
+def prior_logits(prior: torch.Tensor) -> torch.Tensor:
+    """Probabilities in [0, 1] -> logits, clamped to [PRIOR_EPS, 1 - PRIOR_EPS] first."""
+    p = prior.clamp(PRIOR_EPS, 1 - PRIOR_EPS)
+    return torch.log(p) - torch.log1p(-p)
 
 
 class SamSegmenter(nn.Module):
-    """x (B, C, T, T) in [0, 1] -> ModelOutput(logits (B, 1, T, T), iou (B, 1))."""
+    """x (B, C, T, T) in [0, 1] -> ModelOutput(logits (B, 1, T, T), iou (B, 1)).
+
+    With prompt="mask", x is (B, C + 1, T, T): channel C is a first-stage probability map (the
+    prior), fed to the prompt encoder's mask input (`mask_prompt`); the image is channels 0..C-1.
+    With `prior_residual` the output logits are the decoder's plus the prior's own logits: the
+    decoder learns a correction of the prior instead of having to pass it through first.
+    """
 
     def __init__(
         self,
@@ -53,10 +67,13 @@ class SamSegmenter(nn.Module):
         grad_checkpointing: bool = False,
         input_gain: float = 0.0,
         attention: str = "auto",
+        prior_residual: bool = False,
     ) -> None:
         super().__init__()
         self.tile, self.prompt, self.grad_checkpointing = tile, prompt, grad_checkpointing
         self.input_gain, self.attention = input_gain, attention
+        self.in_channels = in_channels  # the slices; model.prompt=mask reads one channel more
+        self.prior_residual = prior_residual
         self.adapter = build_adapter(adapter, in_channels)
         self.img_size = tile * self.adapter.scale
         tokens = self.img_size // spec.patch_size
@@ -127,6 +144,9 @@ class SamSegmenter(nn.Module):
     ) -> ModelOutput:
         """x (B, C, T, T) -> ModelOutput. With `cache`, embeddings of `cache_keys` are reused
         (x may then be None when every key is cached)."""
+        prior = None
+        if self.prompt == "mask":
+            x, prior = self.split_prior(x)
         if cache is not None:
             if cache_keys is None:
                 raise ValueError("cache_keys are required with an embedding cache")
@@ -134,10 +154,37 @@ class SamSegmenter(nn.Module):
         else:
             assert x is not None
             embeddings = self.encode(x)
-        return self.decode(embeddings, prompts)
+        return self.decode(embeddings, prompts, prior=prior)
 
-    def decode(self, embeddings: torch.Tensor, prompts: Prompts | None = None) -> ModelOutput:
-        """Image embeddings (B, D, h, w) + prompts in the tile frame -> ModelOutput."""
+    def split_prior(self, x: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C + 1, T, T) -> the image (B, C, T, T) and the prior (B, 1, T, T) in [0, 1]."""
+        c = self.in_channels
+        if x is None or x.shape[1] != c + 1:
+            got = "no input" if x is None else f"{x.shape[1]} channels"
+            raise ValueError(
+                f"model.prompt=mask reads {c} slices and a prior channel, got {got}: attach the "
+                "first-stage map to the fragment (kit train/predict --prior DIR)"
+            )
+        return x[:, :c], x[:, c:]
+
+    def mask_prompt(self, prior: torch.Tensor) -> torch.Tensor:
+        """Prior (B, 1, T, T) in [0, 1] -> mask-prompt logits (B, 1, 4h, 4w): SAM's mask input
+        is the low-res logits of a previous prediction at 4× the embedding grid (for patch 4
+        that is the tile itself; for patch 16 the prior is area-averaged down)."""
+        size = tuple(self.prompt_encoder.mask_input_size)
+        if tuple(prior.shape[-2:]) != size:
+            prior = F.interpolate(prior, size=size, mode="area")
+        return prior_logits(prior)
+
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        prompts: Prompts | None = None,
+        *,
+        prior: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Image embeddings (B, D, h, w) + prompts in the tile frame (+ the prior (B, 1, T, T)
+        for model.prompt=mask) -> ModelOutput."""
         b = embeddings.shape[0]
         if prompts is None and self.prompt == "box":
             prompts = Prompts(boxes=whole_tile_box(b, self.img_size, embeddings.device))
@@ -147,13 +194,17 @@ class SamSegmenter(nn.Module):
                 assert prompts.labels is not None, "point prompts need labels"
                 points = self.adapter.map_points(prompts.coords.float(), prompts.labels, self.tile)
             boxes = prompts.boxes
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        masks = self.mask_prompt(prior) if prior is not None else None
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         low_res, iou = self._predict_masks(embeddings, sparse, dense)
         logits = F.interpolate(
             low_res[:, :1], size=(self.img_size, self.img_size), mode="bilinear",
             align_corners=False,
         )  # fmt: skip
-        return ModelOutput(self.adapter.fold(logits), iou[:, :1])
+        logits = self.adapter.fold(logits)
+        if prior is not None and self.prior_residual:
+            logits = logits + prior_logits(prior)
+        return ModelOutput(logits, iou[:, :1])
 
     def _predict_masks(
         self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor

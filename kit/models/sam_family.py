@@ -57,7 +57,8 @@ SAM_VARIANTS: dict[str, SamSpec] = {
 }  # fmt: skip
 
 ADAPTERS = ("conv1x1", "stem3d", "mosaic")  # the names kit.models.adapters.build_adapter builds
-PROMPT_MODES = ("none", "box", "points")
+# "mask": a first-stage prediction (the prior, an input channel) into SAM's mask prompt
+PROMPT_MODES = ("none", "box", "points", "mask")
 POINT_SAMPLING = ("labels", "grid", "error")  # kit.models.prompts.sample_points modes
 ATTENTION = ("auto", "sdpa", "meta")  # kit.models.sam_attention.attention_kernel's settings
 
@@ -71,7 +72,22 @@ def check_sam_config(config: Config) -> None:
             f"data.tile={config.data.tile} is not a multiple of {m.variant}'s patch size "
             f"{patch}; pick e.g. {config.data.tile // patch * patch}"
         )
+    if m.prompt == "mask" and m.adapter == "mosaic":
+        raise KitError(
+            "model.prompt=mask feeds the prior at the tile's own frame; model.adapter=mosaic "
+            "tiles the slices into a larger image: use adapter conv1x1 or stem3d"
+        )
+    if m.prior_residual and m.prompt != "mask":
+        raise KitError(
+            f"model.prior_residual=true adds the prior's logits to the output, but "
+            f"model.prompt={m.prompt!r} reads no prior; set model.prompt=mask"
+        )
     check_embedding_cache(config)
+
+
+def sam_needs_prior(config: Config) -> bool:
+    """model.prompt=mask reads a first-stage probability map (kit.models.needs_prior)."""
+    return config.model.prompt == "mask"
 
 
 def check_embedding_cache(config: Config) -> None:
@@ -108,6 +124,7 @@ def build_sam(config: Config) -> nn.Module:
         prompt=m.prompt,
         grad_checkpointing=m.grad_checkpointing,
         input_gain=m.input_gain,
+        prior_residual=m.prior_residual,
         attention=m.attention,
     )
     model.variant = m.variant
@@ -119,8 +136,9 @@ def build_sam(config: Config) -> nn.Module:
 
 def _set_trainable(model: nn.Module, config: Config) -> None:
     """Freeze per train_mode, and always what never gets a gradient: the prompt-encoder parts
-    this prompt mode does not use (mask prompts are never fed) and the IoU head when the IoU
-    loss is off. Unused trainable parameters break DDP's gradient sync."""
+    this prompt mode does not use (the mask-prompt downscaler unless prompt=mask, which in turn
+    never uses the "no mask" embedding) and the IoU head when the IoU loss is off. Unused
+    trainable parameters break DDP's gradient sync."""
     from kit.models.lora import lora_param_names
 
     mode, prompt = config.model.train_mode, config.model.prompt
@@ -141,8 +159,10 @@ def _set_trainable(model: nn.Module, config: Config) -> None:
                 trainable = int(m.group(1)) in used_point_embeddings
             elif name.startswith("prompt_encoder.not_a_point_embed."):
                 trainable = prompt == "points"
-            else:
-                trainable = not name.startswith("prompt_encoder.mask_downscaling.")
+            elif name.startswith("prompt_encoder.mask_downscaling."):
+                trainable = prompt == "mask"
+            elif name.startswith("prompt_encoder.no_mask_embed."):
+                trainable = prompt != "mask"
         p.requires_grad_(trainable)
 
 
@@ -191,5 +211,6 @@ register_family(
         layer_ids=sam_layer_ids,
         training_hooks=sam_training_hooks,
         embedding_cache=True,
+        needs_prior=sam_needs_prior,
     ),
 )

@@ -16,13 +16,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from kit.config import DataConfig
 from kit.data.fragment import Fragment
-from kit.data.preprocess import read_window
+from kit.data.preprocess import prior_window, read_window
 
 
 class TileDataset(Dataset):
     """Item i = tile `tiles[i]` = (fragment index, y, x) of size data.tile.
 
-    Returns {"image": uint16 (C, T, T), "label": uint8 (1, T, T), "ignore": uint8 (1, T, T)
+    Returns {"image": uint16 (C, T, T) (C + 1 with a prior attached to the fragments: read_window), "label": uint8 (1, T, T), "ignore": uint8 (1, T, T)
     (1 = counts in no loss; only when some fragment has an ignore mask, so that the step knows
     without reading a tensor), "stats": float32 (2,), "tile": int64 (3,) the tile row}. Where
     `skip_image[i]` is true the image is zeros and never read (its embedding is already cached;
@@ -54,6 +54,9 @@ class TileDataset(Dataset):
         t = self.data.tile
         if self.skip_image is not None and self.skip_image[i]:
             image = np.zeros((self.data.in_channels, t, t), dtype=np.uint16)
+            fragment = self.fragments[index]
+            if fragment.prior is not None:  # the prior is no part of the cached embedding
+                image = np.concatenate([image, prior_window(fragment.prior, y, x, t, t)])
         else:
             image = read_window(self.fragments[index], self.data, y, x, t, t)
         item = {

@@ -34,7 +34,7 @@ from kit.train import ddp
 from kit.train.board import Board
 from kit.train.budget import fit_budget, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
-from kit.train.rerun import finished_message, plan, total_steps
+from kit.train.rerun import checked_prior, finished_message, plan, total_steps
 from kit.train.resume import TrainState, check_disk, check_resumable, restore, save_last
 from kit.train.sampler import epoch_tiles, tile_candidates
 from kit.train.step import Stepper, lr_factor
@@ -107,11 +107,14 @@ def train_fold(
     device: str | None = None,
     progress: bool = True,
     started: float | None = None,
+    prior_dir: Path | None = None,
 ) -> dict:
     """Train (or resume) one fold; returns {"step", "best_f05", "threshold", "finished"}.
 
     `out` holding a run of other inputs is refused unless `overwrite` (kit/train/rerun.py).
     `started` (time.monotonic()) is when the job began, for `train.budget_minutes` (default now).
+    `prior_dir`: first-stage maps (kit.run.PredictionDir) for a member that needs a prior
+    (kit.models.needs_prior), read for every fragment it trains on and holds out; others ignore it.
     """
     started = time.monotonic() if started is None else started
     info = ddp.init_distributed()
@@ -121,7 +124,7 @@ def train_fold(
             max_steps=max_steps, resume=resume, overwrite=overwrite, log_images=log_images,
             info=info,
             device=ddp.device_for(info, device), progress=progress and info.is_main,
-            started=started,
+            started=started, prior_dir=prior_dir,
         ).run()  # fmt: skip
     finally:
         ddp.cleanup(info)
@@ -173,6 +176,18 @@ def load_fold_data(data_dir: Path, fold: int, folds_csv: Path, *, progress: bool
     )  # fmt: skip
 
 
+def attach_priors(data: FoldData, prior_dir: Path) -> None:
+    """Attach each training and held-out fragment's prior (kit.run.PredictionDir.read_prior:
+    checked against the fragment, covering the rows the run reads) to `data`, in place."""
+    from kit.run import PredictionDir
+
+    priors = PredictionDir(prior_dir)
+    data.train = [f.with_prior(priors.read_prior(f, rows))
+                  for f, rows in zip(data.train, data.train_rows, strict=True)]  # fmt: skip
+    data.val = [f.with_prior(priors.read_prior(f, rows))
+                for f, rows in zip(data.val, data.val_rows, strict=True)]  # fmt: skip
+
+
 def describe_fold(config: Config, data: FoldData, n_tiles: int) -> list[str]:
     """What a training log (and `train --dry-run`) starts with: the rows it trains on and holds
     out, its tile count, and the settings that shape the run."""
@@ -200,7 +215,8 @@ class _Trainer:
     """The state of one training run; `run()` is the whole job."""
 
     def __init__(self, config: Config, *, data_dir, fold, folds_csv, out, max_steps, resume,
-                 log_images, info, device, progress, overwrite=False, started=None):  # fmt: skip
+                 log_images, info, device, progress, overwrite=False, started=None,
+                 prior_dir=None):  # fmt: skip
         self.config, self.data_dir, self.fold, self.folds_csv = config, data_dir, fold, folds_csv
         # time.monotonic() when the job began (train.budget_minutes); default: now
         self.started = time.monotonic() if started is None else started
@@ -212,6 +228,7 @@ class _Trainer:
         self.init_record: dict | None = None  # what model.init_from loaded and skipped
         self.out, self.max_steps, self.resume, self.log_images = out, max_steps, resume, log_images
         self.overwrite = overwrite
+        self.prior_dir = checked_prior(config, prior_dir)
         self.info, self.device, self.progress = info, device, progress
         self.run_dir = RunDir(out)
         self.last_path = self.run_dir.last  # the budget calibration points it at a scratch file
@@ -226,6 +243,7 @@ class _Trainer:
         decision, self.provenance = plan(
             self.config, data_dir=self.data_dir, fold=self.fold, folds_csv=self.folds_csv,
             run=run, resume=self.resume, overwrite=self.overwrite, max_steps=self.max_steps,
+            prior_dir=self.prior_dir,
         )  # fmt: skip
         if decision == "done":
             self._say(finished_message(run))
@@ -310,6 +328,8 @@ class _Trainer:
         np.random.seed(t.seed)
         if self.data is None:
             self._load_data()
+        if self.prior_dir is not None:  # after resolving "auto": the probe reads slices only
+            attach_priors(self.data, self.prior_dir)
         self.stats = torch.stack(
             [fragment_stats(f, config.data).as_tensor() for f in self.data.train]
         )
@@ -358,6 +378,8 @@ class _Trainer:
         before = self.run_dir.record()
         record = {"data": str(self.data_dir.resolve()), "fold": self.fold,
                   "folds_csv": str(self.folds_csv.resolve()), "provenance": self.provenance}  # fmt: skip
+        if self.prior_dir is not None:
+            record["prior"] = str(self.prior_dir.resolve())
         budget = self.budget
         if budget is None and self.config.train.budget_minutes > 0:  # resumed: keep the record
             budget = before.get("budget")

@@ -20,12 +20,13 @@ Nothing here imports torch: `kit train` answers "done" in a fraction of a second
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from kit.config import Config
 from kit.errors import KitError
 from kit.provenance import differences
-from kit.run import RunDir
+from kit.run import PredictionDir, RunDir
 
 Decision = Literal["fresh", "overwrite", "resume", "done"]
 # train.* that may change on resume
@@ -48,17 +49,42 @@ def plan(
     resume: bool,
     overwrite: bool,
     max_steps: int | None,
+    prior_dir=None,
 ) -> tuple[Decision, dict]:
-    """The provenance of this job (fragments opened, not read) and what to do with `run`."""
+    """The provenance of this job (fragments opened, not read) and what to do with `run`.
+    `prior_dir` (a member that needs a prior): its maps of the fold's fragments are an input."""
     from kit.data.folds import fold_fragments
     from kit.provenance import training_provenance
 
     regions, fragments = fold_fragments(data_dir, fold, folds_csv)
+    prior = None
+    if prior_dir is not None:
+        prior = PredictionDir(prior_dir).identity(sorted(fragments))
     provenance = training_provenance(
-        config, fold=fold, regions=regions, fragments=list(fragments.values())
+        config, fold=fold, regions=regions, fragments=list(fragments.values()), prior=prior
     )
     decision = decide(run, provenance, resume=resume, overwrite=overwrite, max_steps=max_steps)
     return decision, provenance
+
+
+def checked_prior(config: Config, prior_dir: Path | None) -> Path | None:
+    """The prior directory this member reads: `prior_dir` when it needs a prior, None when it
+    does not (a member without one ignores it); a KitError naming the fix when it needs one and
+    has none, or the directory does not exist."""
+    from kit.models import needs_prior
+
+    if not needs_prior(config):
+        return None
+    if prior_dir is None:
+        raise KitError(
+            f"{config.name} (model.prompt={config.model.prompt}) needs a prior: a first-stage "
+            "probability map of every fragment; pass --prior DIR (for training, the out-of-fold "
+            "maps `kit evaluate` writes to EVAL_DIR/oof; for test fragments, `kit predict` "
+            "output)"
+        )
+    if not Path(prior_dir).is_dir():
+        raise KitError(f"--prior {prior_dir} is not a directory of maps")
+    return Path(prior_dir)
 
 
 def finished_message(run: RunDir) -> str:

@@ -130,7 +130,8 @@ class Stepper:
             y = torch.cat([y, ignored], dim=1)  # warped together with the labels
         x = normalize(x, batch["stats"], self.config.data)
         if not self.hooks.plain_tiles:
-            x, y = augment_batch(x, y, config=self.config.augment, generator=self.generator)
+            x, y = augment_batch(x, y, config=self.config.augment, generator=self.generator,
+                                 channels=self.config.data.in_channels)  # fmt: skip
         if ignored is not None:
             y, ignored = y[:, :1], y[:, 1:]
         self.last_batch = (x, y, batch["tile"])

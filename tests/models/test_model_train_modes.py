@@ -48,13 +48,14 @@ def test_lora_starts_equal_to_the_base_model_and_then_learns():
     assert lora.image_encoder.blocks[0].attn.qkv.weight.grad is None
 
 
-@pytest.mark.parametrize("prompt", ["none", "box", "points"])
+@pytest.mark.parametrize("prompt", ["none", "box", "points", "mask"])
 def test_every_trainable_parameter_gets_a_gradient(prompt):
     """Unused trainable parameters would break DDP's gradient sync (and waste optimizer state)."""
     from kit.models.prompts import sample_points
 
     model = build_model(tiny_config(prompt=prompt, adapter="stem3d"))
-    x, target = torch.rand(2, 4, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    channels = 5 if prompt == "mask" else 4  # mask: the 4 slices and the prior
+    x, target = torch.rand(2, channels, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
     prompts = sample_points(target, 4) if prompt == "points" else None
     out = model(x, prompts=prompts)
     (out.logits.mean() + out.iou.mean()).backward()
