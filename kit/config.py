@@ -217,14 +217,26 @@ def preset_names() -> list[str]:
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """A preset name (`cpu-demo`) or a YAML path, then `section.key=value` overrides."""
+    """A preset name (`cpu-demo`) or a YAML path, then `section.key=value` overrides. A file may
+    start from another with `base: NAME_OR_PATH` (a preset, or a path relative to the file) and
+    set only what differs: each section's keys replace the base's, one by one."""
+    raw = _read_raw(name_or_path)
+    path = Path(name_or_path)
+    raw.setdefault("name", path.stem if path.suffix else name_or_path)
+    config = config_from_dict(raw, source=str(name_or_path))
+    return apply_overrides(config, overrides)
+
+
+def _read_raw(name_or_path: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of a preset or file, its `base:` chain merged in (base first)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
+        text, here = path.read_text(), path.resolve()
     elif name_or_path in preset_names():
         text = (resources.files("kit") / "presets" / f"{name_or_path}.yaml").read_text()
+        here = None
     else:
         raise ConfigError(
             f"unknown config {name_or_path!r}: give a YAML path or one of {preset_names()}"
@@ -240,9 +252,26 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
             f"{name_or_path}: expected a mapping of sections (model:, data:, train:, ...), got "
             f"a {type(raw).__name__}"
         )
-    raw.setdefault("name", path.stem if path.suffix else name_or_path)
-    config = config_from_dict(raw, source=str(name_or_path))
-    return apply_overrides(config, overrides)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    key = str(here or name_or_path)
+    if key in chain:
+        raise ConfigError(f"{name_or_path}: its base chain loops ({' -> '.join(chain)} -> {key})")
+    if not isinstance(base, str):
+        raise ConfigError(
+            f"{name_or_path}: base must be a preset name or a YAML path, got {base!r}"
+        )
+    if here is not None and base not in preset_names():
+        base = str(here.parent / base)  # a path relative to the file that names it
+    merged = _read_raw(base, (*chain, key))
+    merged.pop("name", None)  # a file is named by itself, not by its base
+    for section, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **value}
+        else:
+            merged[section] = value
+    return merged
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

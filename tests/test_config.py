@@ -79,3 +79,34 @@ def test_speed_settings_are_saved_with_the_config():
     assert (saved.model.attention, saved.model.compile) == ("meta", True)
     with pytest.raises(ConfigError, match=r"model\.attention='sdpa' is for model\.family sam"):
         load_config("cpu-demo-unet", ["model.attention=sdpa"])
+
+
+def test_base_file_sets_only_what_differs(tmp_path):
+    """`base:` starts from a preset or a file (relative to the one naming it); each section's
+    keys replace the base's one by one; the file keeps its own name; a loop is refused."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mid.yaml").write_text("base: cpu-demo\ntrain:\n  lr: 1.0e-4\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: sub/mid.yaml\nmodel:\n  prompt: box\ndata:\n  tile: 64\n")
+    config, preset = load_config(str(child)), load_config("cpu-demo")
+    assert (config.name, config.model.prompt, config.data.tile) == ("child", "box", 64)
+    assert config.train.lr == pytest.approx(1e-4)
+    assert config.model.variant == preset.model.variant  # kept from the base's model section
+    assert config.data.stride == preset.data.stride and config.augment == preset.augment
+    expected = config_to_dict(apply_overrides(preset, ["model.prompt=box", "data.tile=64",
+                                                       "train.lr=1e-4"]))  # fmt: skip
+    assert {**config_to_dict(config), "name": "cpu-demo"} == expected
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml does not exist"):
+        load_config(str(tmp_path / "c.yaml"))
+
+
+def test_cascade_preset_is_cpu_demo_with_a_prior():
+    cascade = load_config("cpu-demo-cascade")
+    assert (cascade.model.prompt, cascade.model.prior_residual) == ("mask", True)
+    demo = load_config("cpu-demo", ["model.prompt=mask", "model.prior_residual=true"])
+    assert {**config_to_dict(cascade), "name": "cpu-demo"} == config_to_dict(demo)

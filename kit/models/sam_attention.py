@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # model.attention (kit.models.sam_family.ATTENTION): "meta" is segment-anything's own
-# Block.forward, "sdpa" is sdpa_block, "auto" per device what measured faster there
-# (BENCHMARKS.md, "Attention kernel")
+# Block.forward, "sdpa" is sdpa_block, "auto" per device: sdpa measured 1.31-1.44× faster on
+# the CPU (BENCHMARKS.md, "Kit against the plain loop"); on CUDA sdpa is chosen unmeasured by
+# this kit (torch's fused kernels; bench/gpu_check.sh's attention section measures it)
 AUTO_ATTENTION = {"cuda": "sdpa", "cpu": "sdpa"}
 
 

@@ -255,8 +255,8 @@ class Stepper:
 
 def adamw(groups: list[dict], *, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW, fused where torch has the kernel for these parameters (CUDA; the CPU since torch
-    2.4): one pass over all parameters instead of a dozen per tensor, 3-7× faster on the CPU
-    (BENCHMARKS.md), the same update up to float rounding. Else torch's default."""
+    2.4): one pass over all parameters instead of a dozen per tensor, +2-3 % per training step
+    on the CPU (BENCHMARKS.md), the same update up to float rounding. Else torch's default."""
     try:
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
@@ -266,8 +266,8 @@ def adamw(groups: list[dict], *, lr: float, weight_decay: float) -> torch.optim.
 def channels_last(model: torch.nn.Module) -> torch.nn.Module:
     """Convolution weights in channels-last order, in place (values unchanged): 2D convs as
     kit.infer.stitch.to_channels_last does, 3D convs (stem3d) channels_last_3d. The convolutions
-    then run channels-last: on the CPU oneDNN's fast kernels (U-Net step 1.25×, stem3d's Conv3d
-    backward 3×, BENCHMARKS.md), on CUDA cuDNN's tensor-core layout."""
+    then run channels-last: on the CPU oneDNN's fast kernels (the demo members' steps +14-19 %,
+    BENCHMARKS.md), on CUDA cuDNN's tensor-core layout."""
     from kit.infer.stitch import to_channels_last
 
     to_channels_last(model)
