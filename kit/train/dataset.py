@@ -22,9 +22,10 @@ from kit.data.preprocess import prior_window, read_window
 class TileDataset(Dataset):
     """Item i = tile `tiles[i]` = (fragment index, y, x) of size data.tile.
 
-    Returns {"image": uint16 (C, T, T) (C + 1 with a prior attached to the fragments: read_window), "label": uint8 (1, T, T), "ignore": uint8 (1, T, T)
-    (1 = counts in no loss; only when some fragment has an ignore mask, so that the step knows
-    without reading a tensor), "stats": float32 (2,), "tile": int64 (3,) the tile row}. Where
+    Returns {"image": uint16 (C, T, T) (C + 1 with a prior attached to the fragments:
+    read_window), "label": uint8 (1, T, T), "ignore": uint8 (1, T, T) (1 = counts in no loss;
+    only when some fragment has an ignore mask, so that the step knows without reading a
+    tensor), "stats": float32 (2,), "tile": int64 (3,) the tile row}. Where
     `skip_image[i]` is true the image is zeros and never read (its embedding is already cached;
     see `kit.models.sam_training`). Labels and ignore masks (2-D, one per fragment; an ignore
     mask None where a fragment has none) are held in memory and shared copy-on-write with forked
