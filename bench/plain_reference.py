@@ -14,7 +14,11 @@ It reads the competition layout (train/<id>/surface_volume/NN.tif, mask.png, ink
 test/<id>/...) with each slice read whole: fine for demo-sized data, not for the real fragments.
 
     PYTHONPATH=. python bench/plain_reference.py --data DATA [--minutes 10] [--threads 2]
-        [--seed 0] [--out result.json] [--max-steps N]
+        [--seed 0] [--out result.json] [--max-steps N] [--curve 2,4,8]
+
+--curve M1,M2,...: also score the test fragments after M1, M2, ... minutes of training (each on
+a copy with its own BatchNorm re-estimate; the scoring time is not counted as training), so one
+run gives the learning curve up to --minutes: how much more a longer run would buy.
 
 Same seed, same steps, same model: --max-steps N (still capped by --minutes) repeats a run
 whose step count the machine's load decided.
@@ -23,6 +27,7 @@ whose step count the machine's load decided.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import random
@@ -109,8 +114,14 @@ def batch(padded: list, rng: np.random.Generator) -> tuple[torch.Tensor, torch.T
 
 
 def train(
-    fragments: list, minutes: float, rng: np.random.Generator, max_steps: int | None = None
+    fragments: list,
+    minutes: float,
+    rng: np.random.Generator,
+    max_steps: int | None = None,
+    curve: tuple[list[float], object] = ([], None),
 ) -> tuple[UNet, int]:
+    """The trained model and its steps; at each of `curve`'s minutes, `curve`'s callback gets a
+    recalibrated copy of the model (its time is not counted as training)."""
     # Padded by half a tile, so a tile centred on pixel (y, x) is padded[y:y+TILE, x:x+TILE].
     padded = [
         (
@@ -124,8 +135,13 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
-    steps, end = 0, time.monotonic() + minutes * 60
-    while time.monotonic() < end and (max_steps is None or steps < max_steps):
+    marks, on_mark = sorted(curve[0]), curve[1]
+    steps, trained, t0 = 0, 0.0, time.monotonic()
+    while trained < minutes * 60 and (max_steps is None or steps < max_steps):
+        trained = time.monotonic() - t0
+        if marks and trained >= marks[0] * 60:
+            on_mark(marks.pop(0), steps, recalibrated(copy.deepcopy(model), padded, rng))
+            t0 += time.monotonic() - t0 - trained  # scoring is not training time
         x, y = batch(padded, rng)
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -134,10 +150,14 @@ def train(
         steps += 1
         if steps % 50 == 0:
             print(f"step {steps} loss {loss.item():.4f}", file=sys.stderr, flush=True)
-    # BatchNorm's running statistics (momentum 0.1) trail weights that AdamW at a constant
-    # 2e-3 keeps moving: measured on the demo, eval mode then predicted ~0.99 everywhere at
-    # one step count (F0.5 0.25) and 0.85 once recomputed. So they are recomputed for the final
-    # weights: a plain average over RECALIBRATE batches of training tiles, weights untouched.
+    return recalibrated(model, padded, rng), steps
+
+
+def recalibrated(model: UNet, padded: list, rng: np.random.Generator) -> UNet:
+    """BatchNorm's running statistics (momentum 0.1) trail weights that AdamW at a constant
+    2e-3 keeps moving: measured on the demo, eval mode then predicted ~0.99 everywhere at one
+    step count (F0.5 0.25) and 0.85 once recomputed. So they are recomputed for the final
+    weights: a plain average over RECALIBRATE batches of training tiles, weights untouched."""
     for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.reset_running_stats()
@@ -145,7 +165,7 @@ def train(
     with torch.no_grad():
         for _ in range(RECALIBRATE):
             model(batch(padded, rng)[0])
-    return model, steps
+    return model
 
 
 @torch.no_grad()
@@ -171,6 +191,27 @@ def predict(model: UNet, vol: np.ndarray) -> np.ndarray:
     return (total / np.maximum(count, 1))[stride : stride + h, stride : stride + w]
 
 
+def score(model: UNet, tests: list[Path], solution: dict) -> dict:
+    """Test F0.5 at 0.5 (TP/FP/FN pooled over the test fragments), and at the oracle threshold."""
+    tp = fp = fn = 0
+    probs, targets = [], []  # for the oracle threshold, a diagnostic only
+    for path in tests:
+        vol, mask, _ = read_fragment(path)
+        prob = predict(model, vol) * mask
+        row = solution[path.name]
+        target = decode(row["Predicted"], (int(row["height"]), int(row["width"])))
+        counts = confusion_counts(prob >= 0.5, target)
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
+        probs.append(prob.ravel())
+        targets.append(target.ravel())
+    oracle_t, oracle_f05 = best_threshold(np.concatenate(probs), np.concatenate(targets))
+    return {
+        "test_f05": round(fbeta_from_counts(tp, fp, fn), 4),
+        "oracle_threshold": oracle_t,  # chosen on the test labels: how much is calibration
+        "oracle_test_f05": round(oracle_f05, 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,6 +222,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, help="stop after N steps (or --minutes)")
     ap.add_argument("--out", type=Path, help="also write the result JSON here")
+    ap.add_argument(
+        "--curve", type=lambda t: [float(m) for m in t.split(",")], default=[],
+        help="also score after these minutes of training, e.g. 2,4,8",
+    )  # fmt: skip
     args = ap.parse_args()
     start = time.monotonic()
     torch.set_num_threads(args.threads)
@@ -190,31 +235,28 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
 
     train_dirs = sorted(p for p in (args.data / "train").iterdir() if p.is_dir())
-    model, steps = train([read_fragment(p) for p in train_dirs], args.minutes, rng, args.max_steps)
     with open(args.data / "solution.csv", newline="") as f:
         solution = {r["Id"]: r for r in csv.DictReader(f)}
-    tp = fp = fn = 0
-    probs, targets = [], []  # for the oracle threshold, a diagnostic only
-    for path in sorted(p for p in (args.data / "test").iterdir() if p.is_dir()):
-        vol, mask, _ = read_fragment(path)
-        prob = predict(model, vol) * mask
-        row = solution[path.name]
-        target = decode(row["Predicted"], (int(row["height"]), int(row["width"])))
-        counts = confusion_counts(prob >= 0.5, target)
-        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
-        probs.append(prob.ravel())
-        targets.append(target.ravel())
-    oracle_t, oracle_f05 = best_threshold(np.concatenate(probs), np.concatenate(targets))
+    tests = sorted(p for p in (args.data / "test").iterdir() if p.is_dir())
+    curve = []
+
+    def on_mark(minutes: float, steps: int, model: UNet) -> None:
+        curve.append({"minutes": minutes, "steps": steps, **score(model, tests, solution)})
+        print(f"curve: {json.dumps(curve[-1])}", file=sys.stderr, flush=True)
+
+    marks = [m for m in args.curve if m < args.minutes]
+    fragments = [read_fragment(p) for p in train_dirs]
+    model, steps = train(fragments, args.minutes, rng, args.max_steps, (marks, on_mark))
+    scores = score(model, tests, solution)
     result = {
         "method": "plain_reference",
-        "test_f05": round(fbeta_from_counts(tp, fp, fn), 4),
-        "oracle_threshold": oracle_t,  # chosen on the test labels: how much is calibration
-        "oracle_test_f05": round(oracle_f05, 4),
+        **scores,
         "seconds": round(time.monotonic() - start, 1),
         "train_minutes": args.minutes,
         "steps": steps,
         "threads": args.threads,
         "seed": args.seed,
+        **({"curve": curve} if curve else {}),
     }
     line = json.dumps(result)
     if args.out:

@@ -31,6 +31,12 @@ class DataConfig:
     z_start: int | str = 24
     z_end: int | str = 40
     reverse: bool | str = False  # feed the window deepest slice first; "auto": from the probe
+    # Read each pixel's slices relative to its own papyrus surface (found from the volume,
+    # kit.data.surface): slice z is file slice z + round(surface(y, x) - surface_depth), so the
+    # window follows a surface that wanders in depth. "auto": where the probe finds the ink
+    # signal stronger that way on the training rows. surface_depth is resolved with it.
+    flatten: bool | str = False
+    surface_depth: float | None = None  # the depth the surface is moved to, in file slices
     norm: str = "percentile"  # "percentile" (clip to p_low..p_high inside mask) or "meanstd"
     p_low: float = 1.0
     p_high: float = 99.5
@@ -51,8 +57,11 @@ class DataConfig:
 
     @property
     def unresolved(self) -> list[str]:
-        """The fields still set to "auto"."""
-        return [k for k in AUTO_FIELDS if getattr(self, k) == "auto"]
+        """The fields still set to "auto" (and surface_depth, while flattening needs one)."""
+        names = [k for k in AUTO_FIELDS if getattr(self, k) == "auto"]
+        if self.flatten is not False and self.surface_depth is None:
+            names.append("surface_depth")
+        return names
 
     def __post_init__(self) -> None:
         for key in AUTO_FIELDS:
@@ -64,7 +73,7 @@ class DataConfig:
             raise ConfigError(f"data.z_end={self.z_end} must be above data.z_start={self.z_start}")
 
 
-AUTO_FIELDS = ("z_start", "z_end", "reverse")
+AUTO_FIELDS = ("z_start", "z_end", "reverse", "flatten")
 
 
 @dataclass

@@ -105,6 +105,12 @@ def probe_plot(probe, path: Path) -> None:
         bottom.plot((profile - profile.min()) / span, label=f"fragment {f.id}")
         bottom.axvline(f.surface["median"], color="grey", linewidth=0.8, linestyle=":")
     top.plot(probe.signal, color="black", linewidth=2, label="pooled")
+    if probe.flat_signal:  # along the surface, placed at the surface depth
+        n = len(probe.signal)
+        x = np.arange(len(probe.flat_signal)) - (n - 1) + probe.surface_depth
+        keep = (x >= 0) & (x <= n - 1)
+        top.plot(x[keep], np.asarray(probe.flat_signal)[keep], color="black", linestyle="--",
+                 label="pooled, along the surface" + (" (read so)" if probe.flatten else ""))  # fmt: skip
     top.set(ylabel="|ink signal| (Cohen's d)", title=f"ink window: slices {lo}..{hi - 1}")
     bottom.set(xlabel="slice (file index)", ylabel="papyrus intensity (0..1)")
     top.legend(fontsize=8)

@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
         old = read_json(out / "probe.json")
         if old.get("data") == identity:
             lo, hi = old["window"]
-            print(f"{out / 'probe.json'}: same fragments, kept (ink window slices {lo}..{hi - 1})")
+            flat = ", along the surface" if old.get("flatten") else ""
+            print(f"{out / 'probe.json'}: same fragments, kept (ink window slices {lo}..{hi - 1}"
+                  f"{flat})")  # fmt: skip
             return 0
     probes = []
     for f in progress_bar(fragments, desc="probe", unit="fragment", enabled=not args.no_progress):

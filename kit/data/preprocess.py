@@ -1,6 +1,7 @@
 """The one preprocessing path shared by training, validation and inference.
 
     layer_window(fragment, data)              -> (z_start, z_end, reverse) the model reads there
+                                                (with data.flatten: along the surface)
     read_window(fragment, data, y, x, h, w)  -> uint16 (C, h, w) on the host (zero-padded outside);
                                                 (C + 1, h, w) when the fragment carries a prior
     fragment_stats(fragment, data)            -> NormStats (per fragment, from sampled mask rows)
@@ -26,6 +27,7 @@ import torch
 
 from kit.config import DataConfig
 from kit.data.fragment import Fragment, FragmentError
+from kit.data.surface import read_flat, surface_map
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,18 @@ def layer_window(fragment: Fragment, data: DataConfig) -> tuple[int, int, bool]:
 
 
 def _volume(fragment: Fragment, data: DataConfig, rows: slice, cols: slice) -> np.ndarray:
-    """The window's slices in model order: deepest first when reversed (`layer_window`)."""
+    """The window's slices in model order: deepest first when reversed (`layer_window`); read
+    along the fragment's surface with data.flatten (a fragment whose segments.csv row fixes its
+    window is read as the row says)."""
     z_start, z_end, reverse = layer_window(fragment, data)
-    volume = fragment.read(z_start, z_end, rows, cols)
+    if data.flatten and fragment.window is None:
+        h, w = fragment.shape
+        rows, cols = slice(*rows.indices(h)[:2]), slice(*cols.indices(w)[:2])
+        depth = surface_map(fragment, reverse).depth(rows, cols)
+        shift = np.rint(depth - data.surface_depth).astype(np.int64)
+        volume = read_flat(fragment, z_start, z_end, rows, cols, shift)
+    else:
+        volume = fragment.read(z_start, z_end, rows, cols)
     return np.ascontiguousarray(volume[::-1]) if reverse else volume
 
 
@@ -117,12 +128,11 @@ def fragment_stats(fragment: Fragment, data: DataConfig, *, max_rows: int = 256)
         np.linspace(0, fragment.shape[0] - 1, min(max_rows, fragment.shape[0])).astype(int)
     )
     rows = rows[mask[rows].any(axis=1)]
-    z_start, z_end, _ = layer_window(fragment, data)
     # A 65536-bin histogram of the uint16 samples instead of a float64 copy of them: fragment 2
     # with 30 slices samples ~50 M values (0.4 GB as float64, twice that inside np.percentile).
     hist = np.zeros(65536, dtype=np.int64)
     for r in rows:
-        values = fragment.read(z_start, z_end, slice(r, r + 1))[:, 0, mask[r]]
+        values = _volume(fragment, data, slice(r, r + 1), slice(None))[:, 0, mask[r]]
         hist += np.bincount(values.ravel(), minlength=65536)
     if data.norm == "percentile":
         lo, hi = (_histogram_percentile(hist, q) for q in (data.p_low, data.p_high))

@@ -13,7 +13,13 @@ across the fragment (the surface's depth, density drift) out of the signal.
 Layer order: ink lies on the written surface, at the front of the dense papyrus sheet. In scan
 order (file 00 = outside) the ink peak comes before the centre of the sheet's density; in a
 reversed volume (00 = deepest) after it. The surface depth is where the density rises (falls,
-reversed) most steeply along depth, measured on 8×8-pixel blocks.
+reversed) most steeply along depth (kit.data.surface, on 8×8-pixel blocks).
+
+Flattening: the same signal is also measured along each pixel's own surface (slices counted
+from the surface, `flat_signal`). Where the surface wanders, the ink sits at one depth below it
+but at many file slices, so the flat signal peaks higher; data.flatten "auto" flattens when its
+peak is at least FLATTEN_GAIN × the file-order peak, with the window taken from it around the
+dataset's surface depth (the median of the fragments').
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ import torch
 
 from kit.config import Config, DataConfig
 from kit.data.fragment import Fragment
+from kit.data.surface import surface_map
 from kit.errors import KitError
 
 BAND_ROWS = 16  # rows read together (all slices of them)
 MAX_BANDS = 32  # per fragment: bounds the read to 512 rows whatever the fragment's height
-BLOCK = 8  # pixels per side of the blocks whose profiles locate the surface
+FLATTEN_GAIN = 1.1  # flat peak signal over file-order peak signal that makes "auto" flatten
 MIN_WINDOW = 8  # slices; a window narrower than this gives the model no depth context
 MAX_WINDOW = 32
 WINDOW_LEVEL = 0.2  # slices whose |signal| is at least this share of the peak are in the window
@@ -46,6 +53,8 @@ class FragmentProbe:
     signal: list[float]  # Cohen's d of ink vs nearby non-ink papyrus, signed
     profile: list[float]  # mean intensity of the papyrus
     surface: dict[str, float]  # surface depth in file slices: median, p5, p95
+    # the signal along the surface: index k is k - (slices - 1) slices behind the surface
+    flat_signal: list[float]
     ink_pixels: int
     reversed: bool
     window: tuple[int, int] = (0, 0)  # recommended [z_start, z_end) for this fragment alone
@@ -56,8 +65,13 @@ class FragmentProbe:
 class DatasetProbe:
     fragments: list[FragmentProbe]
     signal: list[float]  # pooled over fragments, weighted by ink pixels
-    window: tuple[int, int]
+    window: tuple[int, int]  # in file slices, or along the surface when `flatten`
     reverse: bool
+    flat_signal: list[float] = field(default_factory=list)  # pooled, as FragmentProbe's
+    flatten: bool = False  # the flat signal peaks FLATTEN_GAIN × higher: read along the surface
+    surface_depth: float = 0.0  # the depth flattening moves the surface to (file slices)
+    file_window: tuple[int, int] = (0, 0)  # the window in file slices
+    flat_window: tuple[int, int] = (0, 0)  # the window along the surface (at surface_depth)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -73,25 +87,40 @@ def probe_fragment(
     near = _near_background(ink, mask)
     n = fragment.n_slices
     sums = np.zeros((4, n))  # ink Σx, ink Σx², near Σx, near Σx²
-    counts = np.zeros(2)
-    profile, blocks = np.zeros(n), []
+    counts = np.zeros((2, 1))
+    flat_sums, flat_counts = np.zeros((4, 2 * n - 1)), np.zeros((2, 2 * n - 1))
+    profile = np.zeros(n)
     starts = _band_starts(fragment.shape[0], rows, mask)
+    bands = []
     for r0 in starts:
         band = fragment.read(0, n, slice(r0, r0 + BAND_ROWS)).astype(np.float32)
         m, i, b = (a[r0 : r0 + BAND_ROWS] for a in (mask, ink, near))
         xi, xb = band[:, i], band[:, b]
         sums += [xi.sum(1), (xi**2).sum(1), xb.sum(1), (xb**2).sum(1)]
-        counts += [i.sum(), b.sum()]
+        counts += [[i.sum()], [b.sum()]]
         profile += band[:, m].sum(1)
-        blocks.append(_block_profiles(band, m))
+        bands.append((r0, band, i, b))
     profile /= max(sum(int(mask[s : s + BAND_ROWS].sum()) for s in starts), 1)
     signal = _cohens_d(sums, counts)
-    block_profiles = np.concatenate(blocks) if blocks else np.zeros((0, n))
     reversed_ = _looks_reversed(signal, profile)
-    surface = _surface_depths(block_profiles, reversed_)
+    surface = surface_map(fragment, reversed_)
+    for r0, band, i, b in bands:  # the same bands, counted from each pixel's surface
+        rows_ = slice(r0, r0 + band.shape[1])
+        offset = np.rint(surface.depth(rows_, slice(0, band.shape[2]))).astype(np.int64)
+        k = np.arange(n)[:, None, None] - offset[None] + n - 1  # (n, h, w) in 0..2n-2
+        for j, sel in ((0, i), (1, b)):
+            kk, x = k[:, sel].ravel(), band[:, sel].ravel().astype(np.float64)
+            flat_sums[2 * j] += np.bincount(kk, x, minlength=2 * n - 1)
+            flat_sums[2 * j + 1] += np.bincount(kk, x**2, minlength=2 * n - 1)
+            flat_counts[j] += np.bincount(kk, minlength=2 * n - 1)
+    flat = _cohens_d(flat_sums, flat_counts)
+    # offsets few pixels reach (the ends of the volume) give noisy means: not signal
+    flat[flat_counts[0] < 0.5 * flat_counts[0].max()] = 0.0
+    p5, median, p95 = np.percentile(surface.grid, [5, 50, 95])
     return FragmentProbe(
         id=fragment.id, signal=signal.round(4).tolist(), profile=profile.round(1).tolist(),
-        surface=surface, ink_pixels=int(counts[0]), reversed=reversed_,
+        surface={"median": float(median), "p5": float(p5), "p95": float(p95)},
+        flat_signal=flat.round(4).tolist(), ink_pixels=int(counts[0, 0]), reversed=reversed_,
         window=recommend_window(signal), fixed=fragment.window is not None,
     )  # fmt: skip
 
@@ -121,10 +150,26 @@ def combine(probes: list[FragmentProbe]) -> DatasetProbe:
     signs = {p.id: np.sign(p.signal[int(np.argmax(np.abs(p.signal)))]) for p in probes}
     if len(set(signs.values())) > 1:
         notes.append(f"ink is denser than papyrus in some fragments, lighter in others: {signs}")
+    flat = (np.abs([p.flat_signal for p in probes]) * weights[:, None]).sum(0) / weights.sum()
+    n = len(pooled)
+    depth = float(np.median([p.surface["median"] for p in probes]))
+    flatten = bool(_peak(flat) >= FLATTEN_GAIN * _peak(pooled))
+    file_window = recommend_window(pooled)
+    lo, hi = recommend_window(flat)  # offsets from the surface, placed at its depth
+    lo = int(np.clip(round(depth) + lo - (n - 1), 0, n - 1))
+    flat_window = (lo, int(np.clip(round(depth) + hi - (n - 1), lo + 1, n)))
     return DatasetProbe(
-        fragments=all_probes, signal=pooled.round(4).tolist(), window=recommend_window(pooled),
-        reverse=bool(reverse), notes=notes,
+        fragments=all_probes, signal=pooled.round(4).tolist(),
+        window=flat_window if flatten else file_window, reverse=bool(reverse),
+        flat_signal=flat.round(4).tolist(), flatten=flatten, surface_depth=round(depth, 2),
+        file_window=file_window, flat_window=flat_window, notes=notes,
     )  # fmt: skip
+
+
+def _peak(signal: np.ndarray) -> float:
+    """The |signal| peak after recommend_window's smoothing."""
+    s = np.abs(np.asarray(signal, dtype=np.float64))
+    return float(np.convolve(np.pad(s, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid").max())
 
 
 def recommend_window(signal) -> tuple[int, int]:
@@ -171,22 +216,14 @@ def _near_background(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _cohens_d(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    if counts.min() < 2:
-        return np.zeros(sums.shape[1])
-    mean_i, mean_b = sums[0] / counts[0], sums[2] / counts[1]
-    var_b = np.maximum(sums[3] / counts[1] - mean_b**2, 1e-6)
-    return (mean_i - mean_b) / np.sqrt(var_b)
-
-
-def _block_profiles(band: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mean profile of each BLOCK×BLOCK block fully inside the mask: (N, slices)."""
-    c, h, w = band.shape
-    hb, wb = h // BLOCK, w // BLOCK
-    if hb == 0 or wb == 0:
-        return np.zeros((0, c))
-    cut = band[:, : hb * BLOCK, : wb * BLOCK].reshape(c, hb, BLOCK, wb, BLOCK).mean((2, 4))
-    full = mask[: hb * BLOCK, : wb * BLOCK].reshape(hb, BLOCK, wb, BLOCK).all((1, 3))
-    return cut[:, full].T
+    """Per depth, from sums (4, n) and counts (2, n) or (2, 1) of ink and nearby papyrus; 0
+    where either has fewer than 2 pixels."""
+    counts = np.broadcast_to(counts, (2, sums.shape[1]))
+    ok = counts.min(0) >= 2
+    c = np.maximum(counts, 1)
+    mean_i, mean_b = sums[0] / c[0], sums[2] / c[1]
+    var_b = np.maximum(sums[3] / c[1] - mean_b**2, 1e-6)
+    return np.where(ok, (mean_i - mean_b) / np.sqrt(var_b), 0.0)
 
 
 def _looks_reversed(signal: np.ndarray, profile: np.ndarray) -> bool:
@@ -196,15 +233,6 @@ def _looks_reversed(signal: np.ndarray, profile: np.ndarray) -> bool:
         return False
     centre = float((excess * np.arange(len(profile))).sum() / excess.sum())
     return int(np.argmax(np.abs(signal))) > centre
-
-
-def _surface_depths(blocks: np.ndarray, reversed_: bool) -> dict[str, float]:
-    if len(blocks) == 0:
-        return {"median": float("nan"), "p5": float("nan"), "p95": float("nan")}
-    rise = np.diff(blocks, axis=1)
-    edge = (np.argmin(rise, axis=1) if reversed_ else np.argmax(rise, axis=1)) + 0.5
-    p5, median, p95 = np.percentile(edge, [5, 50, 95])
-    return {"median": float(median), "p5": float(p5), "p95": float(p95)}
 
 
 def probe_fragments(
@@ -225,12 +253,14 @@ def resolve_auto(config: Config, probe: DatasetProbe) -> Config:
     d = config.data
     if not d.unresolved:
         return config
-    lo, hi = probe.window
+    flatten = probe.flatten if d.flatten == "auto" else d.flatten
+    lo, hi = probe.flat_window if flatten else probe.file_window
     if d.z_start != "auto":
         lo, hi = d.z_start, max(d.z_start + 1, d.z_start + hi - lo)
     elif d.z_end != "auto":
         lo, hi = max(min(d.z_end - (hi - lo), d.z_end - 1), 0), d.z_end
-    resolved = {"z_start": lo, "z_end": hi, "reverse": probe.reverse}
+    resolved = {"z_start": lo, "z_end": hi, "reverse": probe.reverse, "flatten": flatten,
+                "surface_depth": probe.surface_depth}  # fmt: skip
     data = dataclasses.replace(d, **{k: resolved[k] for k in d.unresolved})
     return dataclasses.replace(config, data=data)
 
@@ -289,4 +319,8 @@ def describe(probe: DatasetProbe) -> str:
     order = "reversed (00 = deepest)" if probe.reverse else "scan order (00 = outside)"
     peak = int(np.argmax(probe.signal))
     text = f"ink window slices {lo}..{hi - 1} (signal peak at {peak}), layers in {order}"
+    if probe.flatten:
+        gain = _peak(probe.flat_signal) / max(_peak(probe.signal), 1e-9)
+        text += (f", read along the surface (moved to slice {probe.surface_depth:g}; "
+                 f"ink signal ×{gain:.2f} that way)")  # fmt: skip
     return "; ".join([text, *probe.notes])

@@ -198,7 +198,8 @@ def describe_fold(config: Config, data: FoldData, n_tiles: int) -> list[str]:
                          for f, rs in zip(fragments, ranges, strict=True))  # fmt: skip
 
     window = "auto (probed on the training rows when it starts)" if d.unresolved else (
-        f"{d.z_start}..{d.z_end - 1}{' reversed' if d.reverse is True else ''}")  # fmt: skip
+        f"{d.z_start}..{d.z_end - 1}{' reversed' if d.reverse is True else ''}"
+        f"{f' along the surface (at {d.surface_depth:g})' if d.flatten is True else ''}")  # fmt: skip
     steps = f"{t.epochs} epochs × {t.steps_per_epoch} steps"
     if t.budget_minutes > 0:
         steps += f" (steps per epoch fitted to {t.budget_minutes:g} min when it starts)"
@@ -285,9 +286,12 @@ class _Trainer:
             probe = p.probe_fragments(fd.train, fd.train_labels, fd.train_rows)
             self.config = p.resolve_auto(self.config, probe)
             d = self.config.data
-            record = {"window": list(probe.window), "reverse": probe.reverse, "notes": probe.notes}
+            record = {"window": list(probe.window), "reverse": probe.reverse,
+                      "flatten": probe.flatten, "surface_depth": probe.surface_depth,
+                      "notes": probe.notes}  # fmt: skip
             self._say(f"probe (training rows of fold {self.fold}): {p.describe(probe)}; "
-                      f"data.z_start={d.z_start} z_end={d.z_end} reverse={d.reverse}")  # fmt: skip
+                      f"data.z_start={d.z_start} z_end={d.z_end} reverse={d.reverse} "
+                      f"flatten={d.flatten}")  # fmt: skip
         if self.config.model.input_gain == "auto":
             contrast = p.tile_contrast(fd.train, fd.train_rows, self.config.data)
             self.config = p.resolve_input_gain(self.config, contrast)

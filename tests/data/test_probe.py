@@ -48,12 +48,17 @@ STYLES = {
 def test_probe_finds_the_ink_window_and_layer_order(name, tmp_path):
     style = STYLES[name]
     probe = _probe(make_demo_data(tmp_path / name, seed=1, scale=SCALE, style=style))
-    lo, hi = probe.window
+    lo, hi = probe.file_window
     centre_lo, centre_hi = _ink_centre(style)
     # the window holds the ink layer's centre wherever the surface wanders (to a slice: the
     # surface's extremes cover little of the papyrus)
     assert lo <= centre_lo + 1 and centre_hi - 1 <= hi - 1, (probe.window, (centre_lo, centre_hi))
     assert hi - lo <= 24
+    # along the surface (moved to surface_depth), the window holds the ink's depth behind it
+    lo, hi = probe.flat_window
+    ink = probe.surface_depth + (-style.ink_depth if style.reverse else style.ink_depth)
+    assert lo <= ink <= hi - 1 and hi - lo <= 16, (probe.flat_window, ink)
+    assert probe.window == (probe.flat_window if probe.flatten else probe.file_window)
     assert probe.reverse == style.reverse
     peak = int(np.argmax(probe.signal))
     assert centre_lo - 1 <= peak <= centre_hi + 1
@@ -93,18 +98,31 @@ def test_recommend_window_bounds():
     assert recommend_window(edge) == (57, 65)
 
 
-def _dataset_probe(window, reverse=False) -> DatasetProbe:
-    return DatasetProbe(fragments=[], signal=[0.0] * 65, window=window, reverse=reverse)
+def _dataset_probe(window, reverse=False, flat=None) -> DatasetProbe:
+    """A probe choosing `window` in file slices, or `flat` along the surface (at 31.5)."""
+    return DatasetProbe(
+        fragments=[], signal=[0.0] * 65, window=flat or window, reverse=reverse,
+        flatten=flat is not None, surface_depth=31.5, file_window=window,
+        flat_window=flat or window,
+    )  # fmt: skip
 
 
 def test_auto_fields_resolve_from_the_probe_and_fixed_ones_stay():
     config = load_config("cpu-demo-unet")
-    assert set(unresolved(config)) == {"data.z_start", "data.z_end", "data.reverse"}
+    assert set(unresolved(config)) == {"data.z_start", "data.z_end", "data.reverse",
+                                       "data.flatten", "data.surface_depth"}  # fmt: skip
     with pytest.raises(ConfigError, match="not resolved"):
         _ = config.data.in_channels
     resolved = resolve_auto(config, _dataset_probe((30, 42), reverse=True))
     assert (resolved.data.z_start, resolved.data.z_end, resolved.data.reverse) == (30, 42, True)
     assert resolved.data.in_channels == 12 and not unresolved(resolved)
+    assert resolved.data.flatten is False
+    flat = resolve_auto(config, _dataset_probe((30, 42), flat=(33, 41))).data
+    assert (flat.flatten, flat.surface_depth, flat.z_start, flat.z_end) == (True, 31.5, 33, 41)
+    # flattening asked for: the flat window and the surface depth, whatever the probe chose
+    forced = resolve_auto(load_config("cpu-demo-unet", ["data.flatten=true"]),
+                          _dataset_probe((30, 42))).data  # fmt: skip
+    assert (forced.flatten, forced.surface_depth) == (True, 31.5)
     fixed_window = load_config("cpu-demo-unet", ["data.z_start=30", "data.z_end=40"])
     assert fixed_window.data.in_channels == 10  # only data.reverse is left to the probe
     fixed = load_config("cpu-demo-unet", ["data.z_start=20", "data.reverse=false"])
