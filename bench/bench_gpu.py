@@ -480,7 +480,7 @@ def section_plain_loop(args) -> dict:
             continue
         config = load_config("sam-vit-b", [
             f"model.variant={s['plain_variant']}", "data.z_start=24", "data.z_end=40",
-            "data.reverse=false", f"data.tile={tile}", f"train.batch_size={batch}",
+            "data.reverse=false", "data.flatten=false", f"data.tile={tile}", f"train.batch_size={batch}",
         ])  # fmt: skip
         variants = {"kit": []}
         if i == 0 and s["plain_compile"]:

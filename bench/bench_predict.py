@@ -66,7 +66,8 @@ MEMORY_MODEL = ["model.variant=vit_tiny", "model.adapter=conv1x1", "model.input_
 
 
 def bench_config(slices: int, overrides: list[str]):
-    config = load_config("cpu-demo", ["data.z_start=0", f"data.z_end={slices}", *overrides])
+    fixed = ["data.z_start=0", f"data.z_end={slices}", "data.reverse=false", "data.flatten=false"]
+    config = load_config("cpu-demo", [*fixed, *overrides])
     return config
 
 

@@ -84,7 +84,7 @@ def write_segment(root: Path, kind: str, height: int, width: int, layers: int) -
 def make_run(root: Path, layers: int, overrides: list[str]) -> tuple[Path, object]:
     config = load_config(
         "cpu-demo-unet",
-        ["data.z_start=0", f"data.z_end={layers}", "data.reverse=false", "data.tile=256",
+        ["data.z_start=0", f"data.z_end={layers}", "data.reverse=false", "data.flatten=false", "data.tile=256",
          "data.stride=256", "infer.batch_size=8", *overrides],
     )  # fmt: skip
     run = root / "run"

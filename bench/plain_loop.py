@@ -50,8 +50,14 @@ from kit.config import Config, apply_overrides, load_config
 
 # member -> (preset, overrides): the presets' "auto" fields fixed (what the probe would choose
 # on the demo data), vit_b at 256 px with a CPU-sized batch.
-FIXED_WINDOW = ["data.z_start=27", "data.z_end=37", "data.reverse=false"]
-VIT_B_256 = ["data.z_start=24", "data.z_end=40", "data.reverse=false", "data.tile=256"]
+FIXED_WINDOW = ["data.z_start=27", "data.z_end=37", "data.reverse=false", "data.flatten=false"]
+VIT_B_256 = [
+    "data.z_start=24",
+    "data.z_end=40",
+    "data.reverse=false",
+    "data.flatten=false",
+    "data.tile=256",
+]
 MEMBERS: dict[str, tuple[str, list[str]]] = {
     "cpu-demo": ("cpu-demo", [*FIXED_WINDOW, "model.input_gain=40"]),
     "cpu-demo-unet": ("cpu-demo-unet", FIXED_WINDOW),

@@ -125,7 +125,9 @@ def test_auto_fields_resolve_from_the_probe_and_fixed_ones_stay():
     assert (forced.flatten, forced.surface_depth) == (True, 31.5)
     fixed_window = load_config("cpu-demo-unet", ["data.z_start=30", "data.z_end=40"])
     assert fixed_window.data.in_channels == 10  # only data.reverse is left to the probe
-    fixed = load_config("cpu-demo-unet", ["data.z_start=20", "data.reverse=false"])
+    fixed = load_config(
+        "cpu-demo-unet", ["data.z_start=20", "data.reverse=false", "data.flatten=false"]
+    )
     fixed = resolve_auto(fixed, _dataset_probe((30, 42), reverse=True))
     assert (fixed.data.z_start, fixed.data.z_end, fixed.data.reverse) == (20, 32, False)
     end = resolve_auto(load_config("cpu-demo-unet", ["data.z_end=50"]), _dataset_probe((30, 42)))

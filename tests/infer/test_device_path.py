@@ -19,7 +19,13 @@ def _stem3d_sam():
     """The cpu-demo SAM (stem3d adapter: Conv3d weights of rank 5) with no all-zero weight left,
     so that the 3D branch (zero-initialised) changes the output."""
     torch.manual_seed(0)
-    fixed = ["data.z_start=27", "data.z_end=37", "data.reverse=false", "model.input_gain=80"]
+    fixed = [
+        "data.z_start=27",
+        "data.z_end=37",
+        "data.reverse=false",
+        "data.flatten=false",
+        "model.input_gain=80",
+    ]
     config = load_config("cpu-demo", fixed)  # the "auto" fields as a run resolves them
     model = build_model(config).eval()
     with torch.no_grad():

@@ -33,7 +33,7 @@ torch.set_num_threads(1)
 
 TINY = [
     "model.family=toy", "model.variant=small", "data.tile=32", "data.stride=32",
-    "data.z_start=26", "data.z_end=34", "data.reverse=false", "train.batch_size=4",
+    "data.z_start=26", "data.z_end=34", "data.reverse=false", "data.flatten=false", "train.batch_size=4",
     "train.accumulate=2", "train.steps_per_epoch=3", "train.epochs=1", "train.warmup_steps=1",
     "train.num_workers=0", "train.lr=1e-2", "infer.batch_size=64",
 ]  # fmt: skip

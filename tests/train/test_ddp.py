@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 TINY = [
-    "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34", "data.reverse=false",
+    "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34", "data.reverse=false", "data.flatten=false",
     "train.batch_size=4",
     "train.accumulate=2",
     "train.steps_per_epoch=1", "train.epochs=1", "train.num_workers=0", "train.lr=1e-2",

@@ -20,7 +20,7 @@ from kit.train.step import Stepper
 from kit.train.validate import validate
 
 T = 32
-SMALL = ["data.tile=32", "data.stride=16", "data.z_start=0", "data.z_end=4", "data.reverse=false",
+SMALL = ["data.tile=32", "data.stride=16", "data.z_start=0", "data.z_end=4", "data.reverse=false", "data.flatten=false",
          "train.batch_size=4", "train.accumulate=2", "infer.batch_size=32"]  # fmt: skip
 CONFIGS = {
     "unet": ["cpu-demo-unet"],

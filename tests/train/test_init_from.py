@@ -13,7 +13,7 @@ from kit.models import build_model
 from kit.train.loop import train_fold
 
 TINY = [
-    "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34", "data.reverse=false",
+    "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34", "data.reverse=false", "data.flatten=false",
     "train.batch_size=4", "train.steps_per_epoch=2", "train.epochs=1", "train.warmup_steps=1",
     "train.num_workers=0", "infer.batch_size=64",
 ]  # fmt: skip

@@ -257,7 +257,7 @@ def test_validation_scores_all_held_out_pixels_at_once(demo_dir):
     from kit.train.loop import load_fold_data
     from kit.train.validate import validate
 
-    config = _config("data.reverse=false")
+    config = _config("data.reverse=false", "data.flatten=false")
     torch.manual_seed(0)
     data = load_fold_data(demo_dir, 0, demo_dir / "folds.csv", progress=False)
     v = validate(build_model(config), config, data, device="cpu")

@@ -23,7 +23,7 @@ from kit.train.step import Stepper
 
 T = 32
 # tiny runs: the two members of test_loop.TINY's size
-TINY = ["data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34", "data.reverse=false",
+TINY = ["data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34", "data.reverse=false", "data.flatten=false",
         "train.batch_size=4", "train.steps_per_epoch=2", "train.epochs=1", "train.warmup_steps=1",
         "train.num_workers=0", "infer.batch_size=64", "model.input_gain=50"]  # fmt: skip
 UNET = [x for x in TINY if not x.startswith("model.")]

@@ -152,7 +152,7 @@ def test_checkpoint_bytes_bounds_what_the_run_writes(demo_dir, tmp_path):
     _train(demo_dir, out)
     run = RunDir(out)
     written = sum(p.stat().st_size for p in (run.last, run.last_prev, run.best) if p.exists())
-    need = checkpoint_bytes(build_model(_config("data.reverse=false")))
+    need = checkpoint_bytes(build_model(_config("data.reverse=false", "data.flatten=false")))
     assert written + run.last.stat().st_size <= need < 20 * written
 
 

@@ -63,7 +63,7 @@ def test_steps_read_nothing_back_outside_log_points(demo_dir, tmp_path, monkeypa
     gain = ["model.input_gain=40"] if preset == "cpu-demo" else []
     config = load_config(preset, [
         *gain, "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34",
-        "data.reverse=false", "train.batch_size=4", "train.accumulate=2",
+        "data.reverse=false", "data.flatten=false", "train.batch_size=4", "train.accumulate=2",
         f"train.steps_per_epoch={STEPS}", "train.epochs=2", "train.warmup_steps=1",
         f"train.log_every={LOG_EVERY}", "train.checkpoint_every=0", "train.ema=0.9",
         "infer.batch_size=64",
@@ -138,7 +138,10 @@ def test_channels_last_weights_same_outputs_and_gradients(preset):
     from kit.train.step import channels_last
 
     gain = ["model.input_gain=40"] if preset == "cpu-demo" else []
-    config = load_config(preset, [*gain, "data.z_start=26", "data.z_end=34", "data.reverse=false"])
+    config = load_config(
+        preset,
+        [*gain, "data.z_start=26", "data.z_end=34", "data.reverse=false", "data.flatten=false"],
+    )
     torch.manual_seed(0)
     model = build_model(config)
     for p in model.parameters():  # the stem's last conv starts at zero: make it count
@@ -177,7 +180,7 @@ def test_compiled_forward_same_outputs_and_gradients():
     from kit.train.step import _compiled
 
     config = load_config("cpu-demo-unet", ["data.z_start=26", "data.z_end=34",
-                                           "data.reverse=false", "model.compile=true"])  # fmt: skip
+                                           "data.reverse=false", "data.flatten=false", "model.compile=true"])  # fmt: skip
     torch.manual_seed(0)
     model = build_model(config)
     eager = copy.deepcopy(model)
