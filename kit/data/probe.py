@@ -88,10 +88,11 @@ def probe_fragment(
     n = fragment.n_slices
     sums = np.zeros((4, n))  # ink Σx, ink Σx², near Σx, near Σx²
     counts = np.zeros((2, 1))
-    flat_sums, flat_counts = np.zeros((4, 2 * n - 1)), np.zeros((2, 2 * n - 1))
     profile = np.zeros(n)
+    # the same sums along the surface of either layer order (which one is known at the end)
+    maps = {r: surface_map(fragment, r) for r in (False, True)}
+    flat = {r: (np.zeros((4, 2 * n - 1)), np.zeros((2, 2 * n - 1))) for r in maps}
     starts = _band_starts(fragment.shape[0], rows, mask)
-    bands = []
     for r0 in starts:
         band = fragment.read(0, n, slice(r0, r0 + BAND_ROWS)).astype(np.float32)
         m, i, b = (a[r0 : r0 + BAND_ROWS] for a in (mask, ink, near))
@@ -99,30 +100,35 @@ def probe_fragment(
         sums += [xi.sum(1), (xi**2).sum(1), xb.sum(1), (xb**2).sum(1)]
         counts += [[i.sum()], [b.sum()]]
         profile += band[:, m].sum(1)
-        bands.append((r0, band, i, b))
+        for r, surface in maps.items():
+            _add_along_surface(band, surface, r0, (i, b), *flat[r])
     profile /= max(sum(int(mask[s : s + BAND_ROWS].sum()) for s in starts), 1)
     signal = _cohens_d(sums, counts)
     reversed_ = _looks_reversed(signal, profile)
-    surface = surface_map(fragment, reversed_)
-    for r0, band, i, b in bands:  # the same bands, counted from each pixel's surface
-        rows_ = slice(r0, r0 + band.shape[1])
-        offset = np.rint(surface.depth(rows_, slice(0, band.shape[2]))).astype(np.int64)
-        k = np.arange(n)[:, None, None] - offset[None] + n - 1  # (n, h, w) in 0..2n-2
-        for j, sel in ((0, i), (1, b)):
-            kk, x = k[:, sel].ravel(), band[:, sel].ravel().astype(np.float64)
-            flat_sums[2 * j] += np.bincount(kk, x, minlength=2 * n - 1)
-            flat_sums[2 * j + 1] += np.bincount(kk, x**2, minlength=2 * n - 1)
-            flat_counts[j] += np.bincount(kk, minlength=2 * n - 1)
-    flat = _cohens_d(flat_sums, flat_counts)
+    surface, (flat_sums, flat_counts) = maps[reversed_], flat[reversed_]
+    flat_signal = _cohens_d(flat_sums, flat_counts)
     # offsets few pixels reach (the ends of the volume) give noisy means: not signal
-    flat[flat_counts[0] < 0.5 * flat_counts[0].max()] = 0.0
+    flat_signal[flat_counts[0] < 0.5 * flat_counts[0].max()] = 0.0
     p5, median, p95 = np.percentile(surface.grid, [5, 50, 95])
     return FragmentProbe(
         id=fragment.id, signal=signal.round(4).tolist(), profile=profile.round(1).tolist(),
         surface={"median": float(median), "p5": float(p5), "p95": float(p95)},
-        flat_signal=flat.round(4).tolist(), ink_pixels=int(counts[0, 0]), reversed=reversed_,
-        window=recommend_window(signal), fixed=fragment.window is not None,
+        flat_signal=flat_signal.round(4).tolist(), ink_pixels=int(counts[0, 0]),
+        reversed=reversed_, window=recommend_window(signal), fixed=fragment.window is not None,
     )  # fmt: skip
+
+
+def _add_along_surface(band, surface, r0: int, pixels, sums: np.ndarray, counts: np.ndarray):
+    """Add the band's (n, h, w) ink and papyrus `pixels` (two bool (h, w)) to `sums` (4, 2n-1)
+    and `counts` (2, 2n-1) by slice offset from the surface: index k = z - surface + n - 1."""
+    n, h, w = band.shape
+    offset = np.rint(surface.depth(slice(r0, r0 + h), slice(0, w))).astype(np.int64)
+    k = np.arange(n)[:, None, None] - offset[None] + n - 1
+    for j, sel in enumerate(pixels):
+        kk, x = k[:, sel].ravel(), band[:, sel].ravel().astype(np.float64)
+        sums[2 * j] += np.bincount(kk, x, minlength=2 * n - 1)
+        sums[2 * j + 1] += np.bincount(kk, x**2, minlength=2 * n - 1)
+        counts[j] += np.bincount(kk, minlength=2 * n - 1)
 
 
 def combine(probes: list[FragmentProbe]) -> DatasetProbe:
@@ -248,8 +254,9 @@ def probe_fragments(
 
 
 def resolve_auto(config: Config, probe: DatasetProbe) -> Config:
-    """`config` with each "auto" of data.z_start/z_end/reverse replaced by the probe's choice.
-    A fixed bound keeps its value; the other bound keeps the probe's window width."""
+    """`config` with each "auto" of data.z_start/z_end/reverse/flatten (and a missing
+    data.surface_depth) replaced by the probe's choice; the window is the one for the resolved
+    flatten. A fixed bound keeps its value; the other bound keeps the probe's window width."""
     d = config.data
     if not d.unresolved:
         return config

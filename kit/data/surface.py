@@ -50,44 +50,47 @@ class SurfaceMap:
         y0, x0 = np.floor(gy).astype(int), np.floor(gx).astype(int)
         y1 = np.minimum(y0 + 1, self.grid.shape[0] - 1)
         x1 = np.minimum(x0 + 1, self.grid.shape[1] - 1)
-        wy, wx = (gy - y0)[:, None], (gx - x0)[None, :]
-        g = self.grid
-        top = g[y0][:, x0] * (1 - wx) + g[y0][:, x1] * wx
-        bottom = g[y1][:, x0] * (1 - wx) + g[y1][:, x1] * wx
-        return (top * (1 - wy) + bottom * wy).astype(np.float32)
+        # along columns on the grid's own rows first (n_rows, w), then along rows: no (h, w)
+        # temporaries but the last ones
+        wx, wy = gx - x0, (gy - y0)[:, None]
+        across = self.grid[:, x0] * (1 - wx) + self.grid[:, x1] * wx
+        return (across[y0] * (1 - wy) + across[y1] * wy).astype(np.float32)
 
     def median(self) -> float:
         return float(np.median(self.grid))
 
 
 def surface_map(fragment: Fragment, reverse: bool) -> SurfaceMap:
-    """The fragment's surface depths (cached on the fragment object, per layer order)."""
-    cache = fragment.__dict__.setdefault("_surface_cache", {})
-    if reverse not in cache:
-        cache[reverse] = _measure(fragment, reverse)
+    """The fragment's surface depths for one layer order. Both orders come from one read and
+    are cached on the fragment object."""
+    cache = fragment.__dict__.get("_surface_cache")
+    if cache is None:
+        cache = fragment.__dict__["_surface_cache"] = _measure(fragment)
     return cache[reverse]
 
 
-def _measure(fragment: Fragment, reverse: bool) -> SurfaceMap:
+def _measure(fragment: Fragment) -> dict[bool, SurfaceMap]:
     height, width = fragment.shape
     n_rows, n_cols = max(height // BLOCK, 1), max(width // BLOCK, 1)
     picked = np.unique(np.linspace(0, n_rows - 1, min(n_rows, MAX_BANDS)).astype(int))
     mask = fragment.mask()
-    depths, valid = np.zeros((len(picked), n_cols), np.float32), np.zeros((len(picked), n_cols))
+    depths = np.zeros((2, len(picked), n_cols), np.float32)  # scan order, reversed
+    valid = np.zeros((len(picked), n_cols), bool)
     for i, b in enumerate(picked):
         r0 = b * BLOCK
         band = fragment.read(0, fragment.n_slices, slice(r0, r0 + BLOCK)).astype(np.float32)
         c, h, _ = band.shape
         cut = band[:, :, : n_cols * BLOCK].reshape(c, h, n_cols, BLOCK).mean((1, 3))
-        inside = mask[r0 : r0 + h, : n_cols * BLOCK].reshape(h, n_cols, BLOCK).all((0, 2))
+        valid[i] = mask[r0 : r0 + h, : n_cols * BLOCK].reshape(h, n_cols, BLOCK).all((0, 2))
         smooth = cv2.GaussianBlur(cut, (1, 0), sigmaX=0.1, sigmaY=1.0)  # along depth only
         rise = np.diff(smooth, axis=0)
-        depths[i] = (np.argmin(rise, 0) if reverse else np.argmax(rise, 0)) + 0.5
-        valid[i] = inside
-    grid = _fill(depths, valid > 0)
-    grid = cv2.medianBlur(grid, 3)
-    grid = cv2.GaussianBlur(grid, (0, 0), sigmaX=1.0)
-    return SurfaceMap(grid=grid.astype(np.float32), rows=(picked + 0.5) * BLOCK)
+        depths[:, i] = np.argmax(rise, 0) + 0.5, np.argmin(rise, 0) + 0.5
+    rows = (picked + 0.5) * BLOCK
+    maps = {}
+    for reverse, found in ((False, depths[0]), (True, depths[1])):
+        grid = cv2.GaussianBlur(cv2.medianBlur(_fill(found, valid), 3), (0, 0), sigmaX=1.0)
+        maps[reverse] = SurfaceMap(grid=grid.astype(np.float32), rows=rows)
+    return maps
 
 
 def _fill(depths: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -115,6 +118,8 @@ def read_flat(
     lo = int(np.clip(z_start + shift.min(), 0, n - 1))
     hi = int(np.clip(z_end + shift.max(), lo + 1, n))
     volume = fragment.read(lo, hi, rows, cols)
-    index = np.arange(z_start, z_end)[:, None, None] + shift[None]
-    index = np.clip(index, lo, hi - 1) - lo
-    return np.take_along_axis(volume, index, axis=0)
+    out = np.empty((z_end - z_start, *shift.shape), dtype=volume.dtype)
+    for k in range(z_end - z_start):  # one (h, w) index at a time: a band's index stays small
+        index = np.clip(z_start + k + shift, lo, hi - 1) - lo
+        out[k] = np.take_along_axis(volume, index[None], axis=0)[0]
+    return out
