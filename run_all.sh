@@ -6,7 +6,8 @@
 #   DATA_DIR        competition-layout data (train/, test/); default: generated demo data
 #   OUT_DIR         where runs, predictions, report and submission.csv go (default: outputs)
 #   CONFIG          preset name or YAML path; a comma-separated list trains several ensemble
-#                   members (default: cpu-demo,cpu-demo-unet without a GPU,
+#                   members (default: cpu-demo-unet,cpu-demo-cascade without a GPU, or
+#                   cpu-demo,cpu-demo-unet with SELF_TRAIN_ROUNDS, which a cascade cannot do;
 #                   sam-vit-b,unet-resnet34 with one). Members that need a prior (a first-stage
 #                   prediction, e.g. cpu-demo-cascade: model.prompt=mask) make two stages: the
 #                   others first (trained, evaluated: OUT_DIR/stage1/evaluation/oof, predicted:
@@ -66,7 +67,9 @@ if [ -z "${NGPUS:-}" ]; then
   NGPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 fi
 if [ -z "${CONFIG:-}" ]; then
-  if [ "$NGPUS" -gt 0 ]; then CONFIG="sam-vit-b,unet-resnet34"; else CONFIG="cpu-demo,cpu-demo-unet"; fi
+  if [ "$NGPUS" -gt 0 ]; then CONFIG="sam-vit-b,unet-resnet34"
+  elif [ "$SELF_TRAIN_ROUNDS" -gt 0 ]; then CONFIG="cpu-demo,cpu-demo-unet"  # no prior for pseudo-labels
+  else CONFIG="cpu-demo-unet,cpu-demo-cascade"; fi
 fi
 IFS=',' read -r -a MEMBERS <<<"$CONFIG"
 for config in "${MEMBERS[@]}"; do

@@ -130,8 +130,17 @@ def test_run_all_gives_every_training_the_same_budget(tmp_path, demo_dir):
     result = _run_all_failing(tmp_path, demo_dir, TIME_BUDGET="6")
     assert "--budget 2.55 min per run (4 runs, 2 at a time = 2 waves" in result.stdout
     assert 'step "train cpu-demo-unet fold 0' in result.stderr  # it got as far as training
-    default = _run_all_failing(tmp_path, demo_dir)  # no GPU: 9 minutes unless told otherwise
-    assert "time budget 9 min: --budget 3.82 min per run" in default.stdout
+    # no GPU: 9 minutes unless told otherwise, and the default members, a cascade (4 + 4 runs)
+    default = _run_all_failing(tmp_path, demo_dir, CONFIG="")
+    assert (
+        "time budget 9 min: --budget 1.91 min per run (8 runs, 2 at a time = 4 waves"
+        in default.stdout
+    )
+    assert "stage 1: train 4 runs of cpu-demo-unet," in default.stdout
+    # a cascade cannot self-train (pseudo-labels have no prior): then the default is one stage
+    selftrain = _run_all_failing(tmp_path, demo_dir, CONFIG="", SELF_TRAIN_ROUNDS="1")
+    assert "train 8 runs, 2 at a time (CPU)" in selftrain.stdout
+    assert 'step "train cpu-demo fold 0' in selftrain.stderr
     for told in ({"TRAIN_ARGS": "--max-steps 2"}, {"TIME_BUDGET": "0"}):
         assert "time budget" not in _run_all_failing(tmp_path, demo_dir, **told).stdout
     # two stages wait for each other: 4 + 4 runs, 3 at a time = 2 + 2 waves (not ceil(8 / 3))
