@@ -6,14 +6,15 @@ TIME_BUDGET=--minutes when given; output in <out>/<variant>/run_all.log) and tim
 kit's submission.csv against the variant's solution.csv (TP/FP/FN pooled over the test
 fragments) and read the pooled out-of-fold F0.5 per member and for the ensemble (and the nested
 estimate of the tuned weights) from its evaluation.json; then run bench/plain_reference.py for
-the kit's wall time on the same number of threads, and bench/baseline_logreg.py --test.
+the kit's wall time on the same number of threads, and bench/baseline_logreg.py --test (not
+with --kit-only: comparing kit settings, e.g. CONFIG, side by side on tuning variants).
 Writes <out>/<variant>/result.json per variant and <out>/generalise.json, and prints a Markdown
 table. Resumable: a variant with a result.json is skipped (unless --force), and a finished kit
 run, plain reference or logistic regression of an unfinished variant is kept; an interrupted kit
 run starts again from scratch so that its wall time is honest.
 
     PYTHONPATH=. python bench/generalise.py [--variants a,b,c] [--out DIR] [--minutes M]
-        [--seed 0] [--threads 2] [--force]
+        [--seed 0] [--threads 2] [--force] [--kit-only]
     PYTHONPATH=. python bench/generalise.py --smoke   # tiny data and steps: checks the path only
 """
 
@@ -129,6 +130,15 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         kit |= read_evaluation(out / "kit" / "evaluation" / "evaluation.json")
         kit_json.write_text(json.dumps(kit, indent=1) + "\n")
     kit = json.loads(kit_json.read_text())
+    result = {
+        "variant": name,
+        "seed": args.seed,
+        "smoke": args.smoke,
+        "time_budget_minutes": args.minutes,
+        "kit": kit,
+    }
+    if args.kit_only:
+        return result
 
     plain_json = out / "plain_reference.json"
     if not plain_json.is_file():
@@ -145,15 +155,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         cmd += ["--samples", str(SMOKE["samples"])] if args.smoke else []
         sh(cmd, out / "logreg.log", env)
     plain = json.loads(plain_json.read_text())
-    logreg = json.loads(logreg_json.read_text())
-    return {
-        "variant": name,
-        "seed": args.seed,
-        "smoke": args.smoke,
-        "time_budget_minutes": args.minutes,
-        "kit": kit,
+    return result | {
         "plain_reference": plain,
-        "logreg": logreg,
+        "logreg": json.loads(logreg_json.read_text()),
         "margin": kit["test_f05"] - plain["test_f05"],
     }
 
@@ -176,16 +180,16 @@ def table(results: list[dict]) -> str:
         if k.get("nested_oof") is not None:
             ens += f" (nested {k['nested_oof']:.3f})"
         members = ", ".join(f"{m.split(' (')[0]} {v:.3f}" for m, v in k["members_oof"].items())
-        lr = r["logreg"]
+        lr = r.get("logreg")  # absent with --kit-only
         cells = [
             r["variant"],
             f"{k['test_f05']:.3f}",
             ens,
             members,
-            f"{r['plain_reference']['test_f05']:.3f}",
-            f"{lr['test_f05']:.3f} ({lr['oof_f05']:.3f})",
+            f"{r['plain_reference']['test_f05']:.3f}" if lr else "not run",
+            f"{lr['test_f05']:.3f} ({lr['oof_f05']:.3f})" if lr else "not run",
             f"{k['wall_minutes']:.1f}",
-            f"{r['margin']:+.3f}",
+            f"{r['margin']:+.3f}" if lr else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -202,6 +206,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the plain reference")
     ap.add_argument("--force", action="store_true", help="redo variants that have results")
     ap.add_argument("--smoke", action="store_true", help="tiny data and steps: check the path")
+    ap.add_argument("--kit-only", action="store_true",
+                    help="run_all.sh only, no plain reference or logistic regression")  # fmt: skip
     args = ap.parse_args()
     default_out = "bench/results/generalise" + ("_smoke" if args.smoke else "")
     args.out = (args.out or ROOT / default_out).resolve()
@@ -219,7 +225,10 @@ def main() -> None:
         result_json = args.out / name / "result.json"
         if args.force:
             shutil.rmtree(args.out / name, ignore_errors=True)
-        if result_json.is_file():
+        # a --kit-only result lacks the references a full run adds (its kit run is kept)
+        if result_json.is_file() and (
+            args.kit_only or "margin" in json.loads(result_json.read_text())
+        ):
             print(f"{name}: done earlier, kept ({result_json})", flush=True)
         else:
             print(f"{name}:", flush=True)
