@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import torch
 
 from kit.config import Config, DataConfig
 from kit.data.fragment import Fragment
@@ -287,6 +286,8 @@ def tile_contrast(
 ) -> float:
     """Median standard deviation of the normalised, channel-averaged, tile-centred image over
     tiles (data.tile, ≥ 90 % papyrus) inside `rows`: the contrast the model's input carries."""
+    import torch
+
     from kit.data.preprocess import fragment_stats, normalize, read_window
 
     rng = np.random.default_rng(seed)

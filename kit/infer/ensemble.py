@@ -14,17 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kit.config import Config, ConfigError, apply_overrides, config_to_dict
 from kit.data.fragment import Fragment
 from kit.errors import KitError
-from kit.infer.stitch import predict_fragment, to_channels_last
 from kit.io import release_rows, scratch_array
 from kit.models import needs_prior
 from kit.run import MemberId, RunDir
+
+if TYPE_CHECKING:  # torch loads where a model is built or run: `kit evaluate` never needs it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,10 @@ def load_members(
     A run directory whose config.yaml disagrees with its checkpoint's model/data sections is an
     error: the checkpoint came from another run.
     """
+    import torch
+
     from kit.checkpoint import model_from_checkpoint
+    from kit.infer.stitch import to_channels_last
 
     for item in overrides:
         if not item.strip().startswith("infer."):
@@ -221,6 +226,8 @@ def predict_ensemble(
     one and gets none is a KitError. With several members each
     map waits in a scratch file (kit.io.scratch_array) until all are done, so host memory holds
     one member's map and a band of the mean, never an (H, W) float map."""
+    from kit.infer.stitch import predict_fragment
+
     check_compatible(loaded, fragment)
     active = [lm for lm in loaded if lm.member.weight > 0]
 

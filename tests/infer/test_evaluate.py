@@ -1,6 +1,9 @@
 """`evaluate`: pooled and per-fold F0.5 from global counts, ensemble of members, json + pictures."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,6 +17,7 @@ from kit.evaluate import MEMBER_OVERLAY_SIDE, evaluate_runs, load_oof_run, overl
 from kit.infer.ensemble import mean_maps
 from kit.metrics import best_threshold, binarize, f05_score
 
+ROOT = Path(__file__).resolve().parents[2]
 FOLDS = {0: [("1", 0.0, 1.0), ("2", 0.0, 0.5)], 1: [("2", 0.5, 1.0)]}
 
 
@@ -177,3 +181,26 @@ def test_ignored_pixels_count_in_no_score_nor_weight_search(tmp_path):
     shutil.copytree(data, tmp_path / "outside")
     flip_labels(tmp_path / "outside", slice(60, 90))
     assert all(a != b for a, b in zip(scores(tmp_path / "outside"), before, strict=True))
+
+
+def test_evaluate_probe_and_report_answer_without_importing_torch(runs, demo_dir):
+    """They read maps, labels and slices only: a rerun of run_all.sh spends no torch start-up
+    (~2 s each) on them."""
+    root, data, paths = runs
+    out = root / "no_torch"
+    commands = [
+        ["evaluate", "--no-progress", "--runs", *map(str, paths), "--data", str(data), "--out",
+         str(out / "evaluation"), "--tune-weights"],
+        ["probe", "--no-progress", "--data", str(demo_dir), "--out", str(out / "probe")],
+        ["report", "--out", str(out), "--runs", *map(str, paths)],
+    ]  # fmt: skip
+    code = (
+        "import sys\nfrom kit.cli import main\n"
+        f"for argv in {commands!r}:\n    assert main(argv) == 0, argv\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "evaluation" / "evaluation.json").is_file()
+    assert (out / "probe" / "probe.json").is_file()
+    assert (out / "report" / "index.html").is_file()
