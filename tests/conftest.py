@@ -20,6 +20,14 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_collection_modifyitems(items):
+    """Slow tests first (the rest in collection order): with one worker per core (pyproject's
+    addopts), which hands out the first tests one at a time in turn, the long end-to-end tests
+    start at once on alternate workers instead of last, when one worker would be left alone
+    with them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A demo dataset (seed 0, scale 1/48): train/1,2,3, test/a,b, sample_submission.csv,
