@@ -162,6 +162,11 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def is_full(result: dict) -> bool:
+    """Whether a variant's result has the references beside the kit (not a --kit-only one)."""
+    return "margin" in result
+
+
 def table(results: list[dict]) -> str:
     head = [
         "variant",
@@ -180,16 +185,17 @@ def table(results: list[dict]) -> str:
         if k.get("nested_oof") is not None:
             ens += f" (nested {k['nested_oof']:.3f})"
         members = ", ".join(f"{m.split(' (')[0]} {v:.3f}" for m, v in k["members_oof"].items())
-        lr = r.get("logreg")  # absent with --kit-only
+        lr = r.get("logreg")
+        full = is_full(r)
         cells = [
             r["variant"],
             f"{k['test_f05']:.3f}",
             ens,
             members,
-            f"{r['plain_reference']['test_f05']:.3f}" if lr else "not run",
-            f"{lr['test_f05']:.3f} ({lr['oof_f05']:.3f})" if lr else "not run",
+            f"{r['plain_reference']['test_f05']:.3f}" if full else "not run",
+            f"{lr['test_f05']:.3f} ({lr['oof_f05']:.3f})" if full else "not run",
             f"{k['wall_minutes']:.1f}",
-            f"{r['margin']:+.3f}" if lr else "",
+            f"{r['margin']:+.3f}" if full else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -225,9 +231,9 @@ def main() -> None:
         result_json = args.out / name / "result.json"
         if args.force:
             shutil.rmtree(args.out / name, ignore_errors=True)
-        # a --kit-only result lacks the references a full run adds (its kit run is kept)
+        # a --kit-only result does not stand in for a full one (its kit run is kept)
         if result_json.is_file() and (
-            args.kit_only or "margin" in json.loads(result_json.read_text())
+            args.kit_only or is_full(json.loads(result_json.read_text()))
         ):
             print(f"{name}: done earlier, kept ({result_json})", flush=True)
         else:

@@ -18,35 +18,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.generalise import score_submission
+from bench.generalise import score_submission, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def kit(*args: str) -> float:
-    """Run `python -m kit ARGS` quietly; its wall seconds."""
+def kit(out: Path, *args: str) -> float:
+    """`python -m kit ARGS` (bench.generalise.sh: output in out/kit.log); its wall seconds."""
     start = time.monotonic()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "kit", *args]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    sh(
+        [sys.executable, "-m", "kit", *args],
+        out / "kit.log",
+        dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     return time.monotonic() - start
 
 
-def member_runs(evaluation: Path) -> list[str]:
+def member_runs(evaluation: dict) -> list[str]:
     """The run directories an evaluation.json scored, in its order (as run_all.sh passed them)."""
-    return [r["run"] for r in json.loads(evaluation.read_text())["runs"]]
-
-
-def tuned(evaluation: Path) -> bool:
-    """Whether the evaluation chose the members' weights (run_all.sh: with several members)."""
-    return "weights" in json.loads(evaluation.read_text())
+    return [r["run"] for r in evaluation["runs"]]
 
 
 def score_tta(run: Path, data: Path, out: Path, tta: str) -> dict:
@@ -54,18 +48,20 @@ def score_tta(run: Path, data: Path, out: Path, tta: str) -> dict:
     test, here = data / "test", out / tta.replace(",", "+")
     override = ["--set", f"infer.tta=[{tta}]", "--no-progress"]
     seconds, prior = 0.0, []
-    if (run / "stage1").is_dir():
+    if (run / "stage1").is_dir():  # the members' runs and, with several, their weights
         evaluation1 = run / "stage1" / "evaluation" / "evaluation.json"
-        runs1, weights1 = member_runs(evaluation1), ["--evaluation", str(evaluation1)]
-        seconds += kit("predict", "--data", str(test), "--runs", *runs1, "--out",
-                       str(here / "stage1"), *(weights1 if tuned(evaluation1) else []), *override)  # fmt: skip
+        ev1 = json.loads(evaluation1.read_text())
+        weights1 = ["--evaluation", str(evaluation1)] if "weights" in ev1 else []
+        seconds += kit(here, "predict", "--data", str(test), "--runs", *member_runs(ev1),
+                       "--out", str(here / "stage1"), *weights1, *override)  # fmt: skip
         prior = ["--prior", str(here / "stage1")]
     evaluation = run / "evaluation" / "evaluation.json"
-    seconds += kit("predict", "--data", str(test), "--runs", *member_runs(evaluation), "--out",
+    seconds += kit(here, "predict", "--data", str(test), "--runs",
+                   *member_runs(json.loads(evaluation.read_text())), "--out",
                    str(here / "predictions"), "--evaluation", str(evaluation), *override,
                    *prior)  # fmt: skip
     submission = here / "submission.csv"
-    kit("submit", "--pred", str(here / "predictions"), "--data", str(test), "--evaluation",
+    kit(here, "submit", "--pred", str(here / "predictions"), "--data", str(test), "--evaluation",
         str(evaluation), "--out", str(submission))  # fmt: skip
     return {"tta": tta, "test_f05": score_submission(submission, data), "predict_s": seconds}
 
