@@ -14,7 +14,8 @@ A training run (`kit train --out RUN`, docs/interface.md):
     RUN/oof/regions.csv        the held-out regions (a folds CSV of one fold)
 
 A prediction directory (`kit predict --out PRED`): PRED/<fragment>.png or .tif (`map_suffixes`),
-PRED/preview/<fragment>.png and PRED/predict.json (data, members, overrides, format).
+PRED/preview/<fragment>.png and PRED/predict.json (data, members, overrides, format, each
+fragment's files, and each member's `post:` section under POSTS, read from its checkpoint).
 
 A probability map is an 8-bit PNG, or for a huge one a tiled BigTIFF with a pyramid
 (kit.io.write_tiled_tiff) that a viewer opens at any zoom; readers take either (`read_map`).
@@ -267,6 +268,9 @@ class RunDir:
         return remove_temporaries(self.path) if self.path.is_dir() else []
 
 
+POSTS = "posts"  # predict.json's key of its members' post: sections
+
+
 class PredictionDir:
     """The files of one `kit predict --out PRED` (see the module docstring)."""
 
@@ -389,6 +393,15 @@ class PredictionDir:
     def record(self) -> dict:
         """predict.json ({} when absent)."""
         return read_json(self.predict_json)
+
+    def member_posts(self) -> list[dict] | None:
+        """Each member's `post:` section as predict.json records it (in the order of its
+        members), None where it holds none (written before they were recorded)."""
+        record = self.record()
+        posts = record.get(POSTS)
+        if isinstance(posts, list) and len(posts) == len(record.get("members", [])):
+            return posts
+        return None
 
     def map_ids(self) -> list[str]:
         """Ids of the maps written so far, sorted."""

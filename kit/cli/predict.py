@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kit import __version__
     from kit.cli import checked_device
+    from kit.config import config_to_dict
     from kit.data.fragment import Fragment
     from kit.data.layout import find_fragments
     from kit.infer.ensemble import (
@@ -75,16 +76,14 @@ def run(args: argparse.Namespace) -> int:
     from kit.io import remove_temporaries
     from kit.models import needs_prior
     from kit.provenance import file_digest, fragment_identity
-    from kit.run import PredictionDir, map_suffixes
+    from kit.run import POSTS, PredictionDir, map_suffixes
     from kit.train import ddp
 
     out = PredictionDir(args.out)
     machine = Part.parse(args.part)
-    info = ddp.init_distributed()
-    part = Part.of(machine, info.rank, info.world_size)
-    device = checked_device(
-        args.device or (str(ddp.device_for(info)) if info.distributed else None)
-    )
+    # What is left to do is decided from files alone: a rerun that finds every map made
+    # answers without loading torch or joining a process group.
+    info = ddp.env_info()
     members = resolve_members(args.runs, args.weights)
     if args.evaluation is not None:
         from kit.errors import KitError
@@ -125,9 +124,16 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main:
         remove_temporaries(out.path)  # what a killed predict left half-written
     if not todo:
-        ddp.cleanup(info)
         return 0
+    info = ddp.init_distributed()
+    part = Part.of(machine, info.rank, info.world_size)
+    device = checked_device(
+        args.device or (str(ddp.device_for(info)) if info.distributed else None)
+    )
     loaded = load_members(members, overrides=args.set, device=device)
+    # each member's post: (from its checkpoint, so not an input), for `kit submit` to read
+    # without loading a checkpoint
+    record[POSTS] = [config_to_dict(lm.config)["post"] for lm in loaded]
     check_priors(loaded, given=priors is not None)
     if not any(needs_prior(lm.config) for lm in loaded):
         priors = None  # no member reads one
@@ -190,8 +196,11 @@ def _todo(out, record: dict, fragments: list, suffixes: dict, *, overwrite: bool
         old = out.record()
     except KitError:  # unreadable: redo everything
         old = {}
-    same = {k: v for k, v in old.items() if k != "fragments"} == {
-        k: v for k, v in record.items() if k != "fragments"
+    from kit.run import POSTS
+
+    derived = ("fragments", POSTS)  # what this run made, and what its checkpoints say
+    same = {k: v for k, v in old.items() if k not in derived} == {
+        k: v for k, v in record.items() if k not in derived
     }
     before = old.get("fragments", {}) if same and not overwrite else {}
     return [

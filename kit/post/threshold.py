@@ -12,8 +12,8 @@ The threshold is the first of:
    `evaluation/evaluation.json` found in PRED, PRED/.., RUNS and RUNS/.., where PRED is the
    prediction directory and RUNS the folder holding the members' runs (from PRED/predict.json;
    where `kit evaluate` writes by default);
-3. the members' own `post:` section (post.percentile when > 0, else post.threshold), read from
-   the configs inside the checkpoints that PRED/predict.json lists;
+3. the members' own `post:` section (post.percentile when > 0, else post.threshold), as
+   PRED/predict.json records it (else read from the configs inside the checkpoints it lists);
 4. PostConfig's defaults.
 The minimum component area is `--min-area`, else the members' post.min_component_area, else
 PostConfig's. Members whose `post:` values differ are an error that names two of them: the
@@ -172,14 +172,23 @@ def _evaluation_threshold(pred: Path, evaluation: Path | None) -> tuple[float | 
 
 def _member_posts(pred: Path) -> tuple[list[tuple[Path, PostConfig]], str]:
     """([(checkpoint, its config's post:)] of the members of predict.json, why it is empty)."""
-    from kit.checkpoint import checkpoint_config, load_checkpoint
-
     checkpoints = member_checkpoints(pred)
     if not checkpoints:
         return [], f"{PredictionDir(pred).predict_json} lists no members"
+    recorded = PredictionDir(pred).member_posts()
+    if recorded is not None:  # predict read them from the checkpoints
+        from kit.config import config_from_dict
+
+        where = PredictionDir(pred).predict_json
+        return [
+            (c, config_from_dict({"post": p}, source=f"{where} ({c})").post)
+            for c, p in zip(checkpoints, recorded, strict=True)
+        ], ""
     missing = [c for c in checkpoints if not c.is_file()]
     if missing:
         return [], f"member checkpoint {missing[0]} not found"
+    from kit.checkpoint import checkpoint_config, load_checkpoint
+
     return [(c, checkpoint_config(load_checkpoint(c, mmap=True), c).post) for c in checkpoints], ""
 
 

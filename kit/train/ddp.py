@@ -1,16 +1,18 @@
 """DistributedDataParallel plumbing: one process per device, started by torchrun.
 
 `torchrun --nproc_per_node N -m kit train ...` sets RANK / WORLD_SIZE / LOCAL_RANK; without them
-training runs as a single process and every helper here is a no-op.
+training runs as a single process and every helper here is a no-op. Importing this module does
+not import torch (`env_info` answers "which rank am I" for a command that may have nothing to do).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,23 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group torchrun described (NCCL on CUDA, gloo on CPU), if any."""
+def env_info() -> DistInfo:
+    """This process's rank as torchrun described it (RANK / WORLD_SIZE / LOCAL_RANK), joining
+    nothing."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group torchrun described (NCCL on CUDA, gloo on CPU), if any."""
+    info = env_info()
+    if not info.distributed:
+        return info
+    import torch
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
@@ -44,6 +57,8 @@ def init_distributed() -> DistInfo:
 
 def device_for(info: DistInfo, requested: str | None = None) -> torch.device:
     """The rank's device: `requested` if given, else its own GPU, else the CPU."""
+    import torch
+
     if requested:
         return torch.device(requested)
     if torch.cuda.is_available():
@@ -53,6 +68,8 @@ def device_for(info: DistInfo, requested: str | None = None) -> torch.device:
 
 def barrier(info: DistInfo) -> None:
     if info.distributed:
+        import torch.distributed as dist
+
         dist.barrier()
 
 
@@ -60,6 +77,8 @@ def broadcast_flag(info: DistInfo, flag: bool) -> bool:
     """Rank 0's value of `flag` on every rank (e.g. "stop now")."""
     if not info.distributed:
         return flag
+    import torch.distributed as dist
+
     t = _flag_tensor(flag)
     dist.broadcast(t, src=0)
     return bool(t.item())
@@ -69,6 +88,8 @@ def any_flag(info: DistInfo, flag: bool) -> bool:
     """True on every rank when `flag` is true on any rank (all_reduce MAX)."""
     if not info.distributed:
         return flag
+    import torch.distributed as dist
+
     t = _flag_tensor(flag)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
@@ -78,6 +99,9 @@ def broadcast_floats(info: DistInfo, values: list[float]) -> list[float]:
     """Rank 0's `values` on every rank (e.g. the budget calibration's timings)."""
     if not info.distributed:
         return list(values)
+    import torch
+    import torch.distributed as dist
+
     t = torch.tensor(values, dtype=torch.float64)
     t = t.cuda() if dist.get_backend() == "nccl" else t
     dist.broadcast(t, src=0)
@@ -91,11 +115,18 @@ def shard(items, info: DistInfo):
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+    if not info.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def _flag_tensor(flag: bool) -> torch.Tensor:
     """A one-element tensor where the backend can reduce it (NCCL needs it on the GPU)."""
+    import torch
+    import torch.distributed as dist
+
     t = torch.tensor([int(flag)], dtype=torch.int64)
     return t.cuda() if dist.get_backend() == "nccl" else t

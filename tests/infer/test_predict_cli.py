@@ -23,6 +23,16 @@ def setup(tmp_path_factory):
     return root, test, run1, run2
 
 
+@pytest.fixture(scope="module")
+def singles(setup):
+    """Each run's maps alone, in ROOT/p1 and ROOT/p2 (the references the ensembles are checked
+    against; made here so that no test depends on another having run first)."""
+    root, test, run1, run2 = setup
+    for run, name in ((run1, "p1"), (run2, "p2")):
+        assert _predict(["--data", str(test), "--runs", str(run), "--out", str(root / name)]) == 0
+    return root / "p1", root / "p2"
+
+
 def _predict(argv) -> int:
     return main(["predict", "--no-progress", *argv])
 
@@ -31,11 +41,9 @@ def _read(path):
     return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
 
 
-def test_two_model_ensemble_is_the_mean(setup):
+def test_two_model_ensemble_is_the_mean(setup, singles):
     root, test, run1, run2 = setup
     out = root / "pred"
-    assert _predict(["--data", str(test), "--runs", str(run1), "--out", str(root / "p1")]) == 0
-    assert _predict(["--data", str(test), "--runs", str(run2), "--out", str(root / "p2")]) == 0
     assert _predict(["--data", str(test), "--runs", str(run1), str(run2), "--out", str(out)]) == 0
     for frag in ("a", "b"):
         p1, p2, ens = (
@@ -62,7 +70,7 @@ def test_two_model_ensemble_is_the_mean(setup):
     assert [m["weight"] for m in record["members"]] == [3.0, 1.0]
 
 
-def test_directory_of_runs_and_skip_and_overwrite(setup, capsys):
+def test_directory_of_runs_and_skip_and_overwrite(setup, singles, capsys):
     root, test, run1, _ = setup
     out = root / "pall"
     assert _predict(["--data", str(test), "--runs", str(run1.parent), "--out", str(out)]) == 0
@@ -183,7 +191,7 @@ def test_only_infer_overrides(setup, capsys, tmp_path):
 
 
 def test_rerun_redoes_what_a_retrained_checkpoint_or_a_changed_fragment_made(
-    setup, tmp_path, capsys
+    setup, singles, tmp_path, capsys
 ):
     root, test, run1, run2 = setup
     data, run = tmp_path / "test", tmp_path / "run"

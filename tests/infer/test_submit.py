@@ -1,6 +1,9 @@
 """`submit`: decodes back to the thresholded, cleaned, masked map; threshold sources; order."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -114,6 +117,39 @@ def test_predict_then_submit_end_to_end(tmp_path):
     np.testing.assert_array_equal(
         maps["a"].astype(bool), (prob >= 128) & Fragment(test / "a").mask()
     )
+
+
+def test_a_predict_rerun_and_submit_answer_without_importing_torch(tmp_path):
+    """predict.json records each member's post: section, so submit reads no checkpoint, and a
+    predict that finds every map made decides so from files: neither pays torch's start-up."""
+    test = tmp_path / "data" / "test"
+    write_fragment(test, "a", shape=(50, 45))
+    config = tiny_sam_config()
+    config.post.threshold, config.post.min_component_area = 0.35, 3
+    run = make_run(tmp_path / "runs", "fold0", config, seed=0)
+    pred, out = tmp_path / "pred", tmp_path / "submission.csv"
+    predict = ["predict", "--no-progress", "--data", str(test), "--runs", str(run), "--out",
+               str(pred)]  # fmt: skip
+    assert main(predict) == 0
+    record = json.loads((pred / "predict.json").read_text())
+    assert record["posts"] == [{"threshold": 0.35, "percentile": 0.0, "min_component_area": 3}]
+    code = (
+        "import sys\nfrom kit.cli import main\n"
+        f"assert main({predict!r}) == 0\n"
+        f"assert main(['submit', '--pred', {str(pred)!r}, '--out', {str(out)!r}]) == 0\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exists (same members, checkpoints and data): skipped" in done.stdout
+    assert "threshold 0.3500 from the post: section" in done.stdout
+    _, maps = _decoded(out, tmp_path / "data")
+    prob = cv2.imread(str(pred / "a.png"), 0)
+    expected = remove_small_components(
+        (prob >= np.ceil(0.35 * 255)) & Fragment(test / "a").mask(), 3
+    )
+    np.testing.assert_array_equal(maps["a"].astype(bool), expected)
 
 
 def test_offline_submission_script(tmp_path):

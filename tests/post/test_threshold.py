@@ -128,6 +128,24 @@ def test_missing_member_checkpoint_falls_back_to_defaults_and_says_so(tmp_path):
     assert p.value == PostConfig().threshold and "not found" in p.source and "gone" in p.source
 
 
+def test_posts_recorded_in_predict_json_are_read_instead_of_the_checkpoints(layout):
+    pred, _ = layout
+    record = json.loads((pred / "predict.json").read_text())
+    for member in record["members"]:  # the checkpoints say threshold 0.3, min area 5
+        Path(member["checkpoint"]).unlink()
+    record["posts"] = [{"threshold": 0.45, "percentile": 0.0, "min_component_area": 2}] * 2
+    (pred / "predict.json").write_text(json.dumps(record))
+    p = decide_threshold(pred)
+    assert p.min_area == 2 and "members' configs" in p.min_area_source
+    record["posts"] = record["posts"][:1]  # not one per member: not a record of these members
+    (pred / "predict.json").write_text(json.dumps(record))
+    assert "not found" in decide_threshold(pred).min_area_source
+    record["posts"] = [{"threshold": 2.0}] * 2
+    (pred / "predict.json").write_text(json.dumps(record))
+    with pytest.raises(KitError, match=r"post\.threshold"):
+        decide_threshold(pred)
+
+
 def test_both_options_are_mutually_exclusive(layout):
     pred, _ = layout
     with pytest.raises(KitError, match="mutually exclusive"):
