@@ -163,7 +163,9 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     ema: float = 0.0  # EMA decay (0 = off)
-    amp: str = "bf16"  # "bf16", "fp16", "off" (CUDA only; CPU always runs fp32)
+    # "auto" (bf16 on CUDA, float32 on a CPU), "bf16" (also on a CPU with native bf16),
+    # "fp16" (CUDA only), "off": kit.precision
+    amp: str = "auto"
     ink_fraction: float = 0.5  # share of sampled tiles that contain ink
     jitter: bool = True  # random shift of tile positions each epoch
     val_every: int = 1  # validate every N epochs
@@ -186,7 +188,7 @@ class InferConfig:
     window: str = "gaussian"  # "gaussian", "hann", "flat"
     tta: list[str] = field(default_factory=lambda: ["identity"])
     batch_size: int = 16
-    amp: str = "bf16"
+    amp: str = "auto"  # as train.amp (kit.precision)
 
 
 @dataclass
@@ -304,7 +306,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
     return config
 
 
-AMP_MODES = ("bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 INPUT_MODES = ("volume", "ir")
 NORMS = ("percentile", "meanstd")
 INF = math.inf

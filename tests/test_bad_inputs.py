@@ -440,7 +440,7 @@ CASES = [
     case("train-set-epochs-fraction", TRAIN + " --set train.epochs=2.5", r"train\.epochs",
          r"expected int"),
     case("train-set-amp-fp8", TRAIN + " --set train.amp=fp8", r"train\.amp='fp8'",
-         r"is not one of \['bf16', 'fp16', 'off'\]"),
+         r"is not one of \['auto', 'bf16', 'fp16', 'off'\]"),
     case("train-set-window-unknown", TRAIN + " --set infer.window=foo", r"infer\.window='foo'",
          r"is not one of \['gaussian'"),
     case("train-set-tta-unknown", TRAIN + " --set infer.tta=[flip]", r"infer\.tta",
@@ -642,7 +642,7 @@ CASES = [
     case("config-unknown-preset", "config --config nosuch", r"unknown config 'nosuch'",
          r"give a YAML path or one of \['cpu-demo'"),
     case("config-bad-value", "config --set train.amp=fp8", r"train\.amp='fp8' is not one of",
-         r"'bf16', 'fp16', 'off'"),
+         r"'auto', 'bf16', 'fp16', 'off'"),
     case("config-yaml-malformed", "config --config {W}/bad.yaml", r"bad\.yaml is not valid YAML",
          build=(write("{W}/bad.yaml", "model: [\n"),)),
     # report ---------------------------------------------------------------------------------

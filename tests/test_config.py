@@ -41,7 +41,7 @@ def test_unquoted_off_stays_a_word_for_string_fields(tmp_path):
         ("train.lr=.nan", r"train\.lr=nan is outside \(0, inf\)"),
         ("train.lr=0", r"train\.lr=0\.0 is outside \(0, inf\)"),
         ("train.batch_size=0", r"train\.batch_size=0 is outside \[1, inf\)"),
-        ("train.amp=fp8", r"train\.amp='fp8' is not one of \['bf16', 'fp16', 'off'\]"),
+        ("train.amp=fp8", r"train\.amp='fp8' is not one of \['auto', 'bf16', 'fp16', 'off'\]"),
         ("infer.window=foo", r"infer\.window='foo' is not one of \['gaussian', 'hann', 'flat'\]"),
         ("infer.tta=[flip]", r"infer\.tta: unknown TTA transform\(s\) \['flip'\]; choose from"),
         ("post.threshold=1.5", r"post\.threshold=1\.5 is outside \[0, 1\]"),

@@ -35,10 +35,9 @@ from kit.config import Config
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats, normalize, read_window
 from kit.infer.tta import check_tta, tta_probabilities
+from kit.precision import autocast_dtype
 from kit.progress import progress_bar
 from kit.tiles import add_tile, finish_uint8, mask_fractions, tile_positions, window_weights
-
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ def _batch_predictor(model, config: Config, stats: torch.Tensor, device: torch.d
     """
     names = check_tta(config.infer.tta)
     cuda = device.type == "cuda"
-    amp = _AMP.get(config.infer.amp) if cuda else None
+    amp = autocast_dtype(config.infer.amp, device)
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         out = model(x.contiguous(memory_format=torch.channels_last) if cuda else x)
@@ -173,7 +172,7 @@ def _batch_predictor(model, config: Config, stats: torch.Tensor, device: torch.d
     def predict(tiles: torch.Tensor) -> torch.Tensor:
         x = normalize(tiles.view(torch.uint16), stats.expand(len(tiles), 2), config.data)
         autocast = (
-            torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
+            torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
         )
         with autocast:
             prob = tta_probabilities(logits, x, names)

@@ -28,6 +28,7 @@ from kit.config import Config
 from kit.data.preprocess import normalize
 from kit.models import TrainingHooks, param_groups
 from kit.models.losses import segmentation_loss
+from kit.precision import autocast_dtype
 from kit.train import ddp
 
 
@@ -77,10 +78,7 @@ class Stepper:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup=t.warmup_steps, total=self.total)
         )
-        cuda = self.device.type == "cuda"
-        self.amp_dtype = (
-            {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp) if cuda else None
-        )
+        self.amp_dtype = autocast_dtype(t.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.ema = None
         if t.ema > 0:

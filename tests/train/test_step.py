@@ -196,3 +196,36 @@ def test_compiled_forward_same_outputs_and_gradients():
     scale = max(g.abs().max() for g in grads[0])
     assert (outputs[1] - outputs[0]).abs().max() <= 1e-4 * outputs[0].abs().max()
     assert max((a - b).abs().max() for a, b in zip(*grads, strict=True)) <= 1e-3 * scale
+
+
+@pytest.mark.parametrize(("amp", "native", "dtype"),
+                         [("bf16", True, torch.bfloat16), ("bf16", False, None), ("auto", True, None)])  # fmt: skip
+def test_training_steps_run_under_the_precision_of_train_amp(
+    demo_dir, tmp_path, monkeypatch, amp, native, dtype
+):
+    """On a CPU with native bf16, train.amp=bf16 autocasts the forward and loss (kit.precision);
+    elsewhere, and with "auto", the CPU trains in float32. Weights stay float32."""
+    import kit.precision
+    import kit.train.step
+
+    monkeypatch.setattr(kit.precision, "cpu_has_native_bf16", lambda: native)
+    seen = set()
+    loss = kit.train.step.segmentation_loss
+
+    def recording(*args, **kwargs):
+        on = torch.is_autocast_enabled("cpu")
+        seen.add(torch.get_autocast_dtype("cpu") if on else None)
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(kit.train.step, "segmentation_loss", recording)
+    config = load_config("cpu-demo-unet", [
+        "data.tile=32", "data.stride=32", "data.z_start=26", "data.z_end=34", "data.reverse=false",
+        "data.flatten=false", "train.batch_size=4", "train.steps_per_epoch=2", "train.epochs=1",
+        "train.warmup_steps=1", f"train.amp={amp}", "infer.amp=off",
+    ])  # fmt: skip
+    run = tmp_path / "run"
+    train_fold(config, data_dir=demo_dir, fold=0, folds_csv=demo_dir / "folds.csv", out=run,
+               progress=False)  # fmt: skip
+    assert seen == {dtype}
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
