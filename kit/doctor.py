@@ -39,7 +39,7 @@ def environment_checks() -> list[Check]:
     required = requirements()
     checks = [_python(required.pop("python", ">=3.11"))]
     checks += [_package(name, spec) for name, spec in required.items()]
-    return [*checks, _cuda()]
+    return [*checks, _cuda(), _cpu_bf16()]
 
 
 def requirements() -> dict[str, str]:
@@ -109,6 +109,16 @@ def _cuda() -> Check:
     bf16 = "bf16 supported" if torch.cuda.is_bf16_supported() else "no bf16: set train.amp=fp16"
     return Check("ok", f"CUDA {torch.version.cuda}", f"{len(names)} GPU(s): "
                  f"{', '.join(names)}; {bf16}")  # fmt: skip
+
+
+def _cpu_bf16() -> Check:
+    from kit.precision import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():
+        return Check("ok", "CPU bf16", "native (AVX512-BF16 or AMX): the cpu-demo presets' "
+                     "train.amp: bf16 autocasts on the CPU")  # fmt: skip
+    return Check("note", "CPU bf16", "no native bf16 instructions: train.amp: bf16 runs in "
+                 "float32 on this CPU (emulated bf16 would be slower)")  # fmt: skip
 
 
 def data_checks(data: str | Path) -> list[Check]:

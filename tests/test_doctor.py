@@ -78,3 +78,14 @@ def test_a_directory_without_fragments_is_a_problem(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["doctor", "--data", str(tmp_path / "empty")]) == 1
     assert "holds no fragment" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cpu_bf16_line_says_what_train_amp_bf16_does_here(monkeypatch, native):
+    import kit.precision
+
+    monkeypatch.setattr(kit.precision, "cpu_has_native_bf16", lambda: native)
+    (check,) = [c for c in doctor.environment_checks() if c.what == "CPU bf16"]
+    assert (check.status, "float32" in check.detail) == (
+        ("ok", False) if native else ("note", True)
+    )
