@@ -115,8 +115,8 @@ def _cpu_bf16() -> Check:
     from kit.precision import cpu_has_native_bf16
 
     if cpu_has_native_bf16():
-        return Check("ok", "CPU bf16", "native (AVX512-BF16 or AMX): the cpu-demo presets' "
-                     "train.amp: bf16 autocasts on the CPU")  # fmt: skip
+        return Check("ok", "CPU bf16", "native (AVX512-BF16 or AMX): train.amp: bf16 "
+                     "(cpu-demo-unet's) autocasts on the CPU")  # fmt: skip
     return Check("note", "CPU bf16", "no native bf16 instructions: train.amp: bf16 runs in "
                  "float32 on this CPU (emulated bf16 would be slower)")  # fmt: skip
 
