@@ -547,6 +547,7 @@ class _Trainer:
         """The training log's first lines: who trains what, where, on which rows, with which
         settings (the full config is config.yaml)."""
         from kit import __version__
+        from kit.precision import autocast_dtype
         from kit.run import MemberId
 
         n = torch.get_num_threads()
@@ -556,7 +557,10 @@ class _Trainer:
         m = self.config.model
         self._say(f"inkkit {__version__} train {MemberId.of(self.config)} fold {self.fold} -> "
                   f"{self.out} (full config: {self.run_dir.config_yaml})")  # fmt: skip
-        self._say(f"device {self.device}{threads}, torch {torch.__version__}, world size "
+        dtype = autocast_dtype(self.config.train.amp, self.device)
+        precision = "float32" if dtype is None else f"autocast {str(dtype).removeprefix('torch.')}"
+        self._say(f"device {self.device}{threads}, {precision} (train.amp "
+                  f"{self.config.train.amp}), torch {torch.__version__}, world size "
                   f"{self.info.world_size}; model {total / 1e6:.2f} M parameters, "
                   f"{trainable / 1e6:.2f} M trainable ({m.train_mode})")  # fmt: skip
         for line in describe_fold(self.config, self.data, len(self.candidates)):

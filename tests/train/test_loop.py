@@ -66,7 +66,8 @@ def test_run_directory_is_complete_and_rerun_is_a_no_op(demo_dir, tmp_path, caps
     header = next(i for i, line in enumerate(log) if line.startswith("inkkit "))
     assert log[header].endswith(f"fold 0 -> {out} (full config: {out / 'config.yaml'})")
     assert (
-        log[header + 1].startswith("device cpu, 1 thread, torch ")
+        log[header + 1].startswith("device cpu, 1 thread, ")
+        and "(train.amp " in log[header + 1]
         and "M parameters" in log[header + 1]
     )
     assert log[header + 2].startswith("trains on: ") and "candidate tiles" in log[header + 2]

@@ -201,7 +201,7 @@ def test_compiled_forward_same_outputs_and_gradients():
 @pytest.mark.parametrize(("amp", "native", "dtype"),
                          [("bf16", True, torch.bfloat16), ("bf16", False, None), ("auto", True, None)])  # fmt: skip
 def test_training_steps_run_under_the_precision_of_train_amp(
-    demo_dir, tmp_path, monkeypatch, amp, native, dtype
+    demo_dir, tmp_path, monkeypatch, capsys, amp, native, dtype
 ):
     """On a CPU with native bf16, train.amp=bf16 autocasts the forward and loss (kit.precision);
     elsewhere, and with "auto", the CPU trains in float32. Weights stay float32."""
@@ -227,5 +227,7 @@ def test_training_steps_run_under_the_precision_of_train_amp(
     train_fold(config, data_dir=demo_dir, fold=0, folds_csv=demo_dir / "folds.csv", out=run,
                progress=False)  # fmt: skip
     assert seen == {dtype}
+    said = "autocast bfloat16" if dtype is torch.bfloat16 else "float32"
+    assert f", {said} (train.amp {amp}), torch " in capsys.readouterr().out  # what ran
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
