@@ -394,13 +394,14 @@ class PredictionDir:
         """predict.json ({} when absent)."""
         return read_json(self.predict_json)
 
-    def member_posts(self) -> list[dict] | None:
-        """Each member's `post:` section as predict.json records it (in the order of its
-        members), None where it holds none (written before they were recorded)."""
+    def member_posts(self) -> list[tuple[Path, dict]] | None:
+        """(checkpoint, its `post:` section) of each member, as predict.json records them; None
+        where it lists no members or holds no sections for them (written before they were
+        recorded)."""
         record = self.record()
-        posts = record.get(POSTS)
-        if isinstance(posts, list) and len(posts) == len(record.get("members", [])):
-            return posts
+        members, posts = record.get("members", []), record.get(POSTS)
+        if members and isinstance(posts, list) and len(posts) == len(members):
+            return [(Path(m["checkpoint"]), p) for m, p in zip(members, posts, strict=True)]
         return None
 
     def map_ids(self) -> list[str]:

@@ -172,18 +172,17 @@ def _evaluation_threshold(pred: Path, evaluation: Path | None) -> tuple[float | 
 
 def _member_posts(pred: Path) -> tuple[list[tuple[Path, PostConfig]], str]:
     """([(checkpoint, its config's post:)] of the members of predict.json, why it is empty)."""
-    checkpoints = member_checkpoints(pred)
-    if not checkpoints:
-        return [], f"{PredictionDir(pred).predict_json} lists no members"
-    recorded = PredictionDir(pred).member_posts()
+    pred_dir = PredictionDir(pred)
+    recorded = pred_dir.member_posts()
     if recorded is not None:  # predict read them from the checkpoints
         from kit.config import config_from_dict
 
-        where = PredictionDir(pred).predict_json
-        return [
-            (c, config_from_dict({"post": p}, source=f"{where} ({c})").post)
-            for c, p in zip(checkpoints, recorded, strict=True)
-        ], ""
+        where = pred_dir.predict_json
+        return [(c, config_from_dict({"post": p}, source=f"{where} ({c})").post)
+                for c, p in recorded], ""  # fmt: skip
+    checkpoints = member_checkpoints(pred)
+    if not checkpoints:
+        return [], f"{pred_dir.predict_json} lists no members"
     missing = [c for c in checkpoints if not c.is_file()]
     if missing:
         return [], f"member checkpoint {missing[0]} not found"
