@@ -26,7 +26,7 @@ def progress_bar(
     initial: int = 0,
 ):
     """A tqdm bar on a terminal, else a `SummaryBar` (see the module docstring); both have
-    update(n), set_postfix(**values), close() and iterate over `iterable`."""
+    update(n), set_postfix(**values), refresh(), close() and iterate over `iterable`."""
     if enabled and _terminal():
         from tqdm import tqdm
 
@@ -69,6 +69,9 @@ class SummaryBar:
 
     def set_postfix(self, **values) -> None:
         self.postfix = values
+
+    def refresh(self) -> None:
+        """tqdm redraws here (e.g. after `total` changed); there is nothing to draw."""
 
     def summary(self) -> str:
         """ "<desc>: <n>[/<total>] <unit> in <s> s[, key value ...]"."""

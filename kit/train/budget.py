@@ -14,9 +14,17 @@ chooses `train.steps_per_epoch` so that setup, training and validations fit the 
 3. `fit_budget(trainer)`: writes the resolved `steps_per_epoch` and `warmup_steps` (capped at
    10 % of the steps) into the run's config (hence config.yaml and every checkpoint), prints one
    line and returns the record that run.json keeps under "budget".
+4. `refit_budget(trainer)`: halfway through the first epoch (`refit_step`) the run times
+   its own steps, as they run beside whatever else shares the machine (calibration's few steps
+   can be faster or slower than that), and re-fits the length to the time left
+   (`refit_steps`): a new `steps_per_epoch` for every epoch (the first ends no earlier than
+   now), the LR schedule's total with it (warmup unchanged), written like the first fit. Only
+   the steps before it differ from an unbudgeted run of the final length (their tiles and
+   learning rates were drawn for the calibrated length).
 
-A resumed or rerun budgeted run never re-calibrates: `resolved_config` takes the length from
-the config saved in its `last.pt` (when that run had the same budget).
+A resumed or rerun budgeted run never re-calibrates or re-fits: `resolved_config` takes the
+length from the config saved in its `last.pt` (when that run had the same budget); the re-fit
+saves `last.pt` at once, so a run killed after it resumes with the re-fitted length.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from kit.config import Config
 from kit.train import ddp
 
 CALIBRATION_STEPS = 6  # optimiser steps timed at setup; the first is warm-up, not counted
+REFIT_MIN_STEPS = 4  # a first epoch shorter than 2 × this is not re-fitted (too few to time)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,35 @@ def budget_steps(
     free = budget_s - setup_s - n_validations * validation_s - epochs * epoch_s
     per_epoch = math.floor(free / (epochs * step_s)) if free > 0 else 0
     return max(per_epoch, 1) * epochs
+
+
+def refit_steps(
+    budget_s: float,
+    *,
+    elapsed_s: float,
+    done: int,
+    step_s: float,
+    validation_s: float,
+    n_validations: int,
+    epochs: int,
+    epoch_s: float = 0.0,
+) -> int:
+    """Total steps of a run re-fitted `elapsed_s` after it began, with `done` steps of its first
+    epoch trained at `step_s` each: `budget_steps` with everything but those steps counted as
+    setup, and at least `done` steps per epoch (the first epoch is already that long). Every
+    validation and epoch overhead is still ahead."""
+    steps = budget_steps(
+        budget_s, step_s=step_s, validation_s=validation_s, n_validations=n_validations,
+        setup_s=elapsed_s - done * step_s, epochs=epochs, epoch_s=epoch_s,
+    )  # fmt: skip
+    return max(steps, done * epochs)
+
+
+def refit_step(steps_per_epoch: int) -> int | None:
+    """The step at which a budgeted run re-fits: halfway through its first epoch; None when the
+    epoch is too short to time."""
+    half = steps_per_epoch // 2
+    return half if half >= REFIT_MIN_STEPS else None
 
 
 def budget_warmup(warmup_steps: int, steps: int) -> int:
@@ -132,6 +170,48 @@ def fit_budget(trainer) -> dict:
         "steps": steps,
         "steps_per_epoch": per_epoch,
         "warmup_steps": warmup,
+    }
+
+
+def pace(trainer) -> tuple[float, float]:
+    """(seconds per step since step 1 of the run, seconds since the job began): what a re-fit
+    goes by. The first step, which paid for the loader's start and warm-up, is left out."""
+    first, mark = trainer.paced_from
+    if trainer.device.type == "cuda":  # the steps queued so far, not just launched
+        torch.cuda.synchronize(trainer.device)
+    step_s = (time.perf_counter() - mark) / max(trainer.state.step - first, 1)
+    return step_s, time.monotonic() - trainer.started
+
+
+def refit_budget(trainer) -> dict:
+    """Re-fit `trainer.config`'s length at its current step (in the first epoch) from its
+    `pace`: the new steps_per_epoch into the config and the LR schedule's total; print one line
+    and return the record run.json keeps under budget["refit"]. Under DDP rank 0's clock and
+    pace decide for every rank."""
+    config, record = trainer.config, trainer.budget
+    t, done = config.train, trainer.state.step
+    step_s, elapsed = ddp.broadcast_floats(trainer.info, list(pace(trainer)))
+    steps = refit_steps(
+        t.budget_minutes * 60, elapsed_s=elapsed, done=done, step_s=step_s,
+        validation_s=record["validation_seconds"], n_validations=record["validations"],
+        epochs=t.epochs, epoch_s=record["epoch_seconds"],
+    )  # fmt: skip
+    per_epoch = steps // t.epochs
+    trainer.config = dataclasses.replace(
+        config, train=dataclasses.replace(t, steps_per_epoch=per_epoch)
+    )
+    trainer.stepper.relength(trainer.config)
+    trainer._say(
+        f"budget re-fit at step {done}, {elapsed:.1f} s in: {step_s:.3g} s/step measured "
+        f"({record['step_seconds']:.3g} calibrated) -> {steps} steps ({t.epochs} epochs x "
+        f"{per_epoch}), was {record['steps']}"
+    )
+    return {
+        "at_step": done,
+        "elapsed_seconds": round(elapsed, 3),
+        "step_seconds": round(step_s, 5),
+        "steps": steps,
+        "steps_per_epoch": per_epoch,
     }
 
 

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from kit.checkpoint import load_checkpoint, save_checkpoint
-from kit.config import Config, config_to_dict, unresolved
+from kit.config import Config, config_to_dict, save_config, unresolved
 from kit.data.fragment import Fragment
 from kit.data.preprocess import fragment_stats
 from kit.errors import KitError
@@ -32,7 +32,7 @@ from kit.progress import progress_bar
 from kit.run import RunDir
 from kit.train import ddp
 from kit.train.board import Board
-from kit.train.budget import fit_budget, resolved_config
+from kit.train.budget import fit_budget, refit_budget, refit_step, resolved_config
 from kit.train.dataset import TileDataset, tile_loader
 from kit.train.rerun import checked_prior, finished_message, plan, total_steps
 from kit.train.resume import TrainState, check_disk, check_resumable, restore, save_last
@@ -222,6 +222,10 @@ class _Trainer:
         # time.monotonic() when the job began (train.budget_minutes); default: now
         self.started = time.monotonic() if started is None else started
         self.budget: dict | None = None  # the budget calibration's record (run.json)
+        self.refit_at: int | None = None  # the step a fresh budgeted run re-fits its length at
+        self.paced_from: tuple[int, float] | None = (
+            None  # (step, perf_counter) the pace counts from
+        )
         self.writer = None
         self.board = Board(None)  # TensorBoard's validation pictures and hparams (rank 0)
         self.data: FoldData | None = None
@@ -266,7 +270,7 @@ class _Trainer:
             self.config = resolved_config(self.config, resume_state["config"])
             check_resumable(self.config, resume_state, self.last_path)
         self._setup(resume_state)
-        self._train(total_steps(self.config, self.max_steps))
+        self._train()
         self.board.hparams(self.config, self.state.step, self.state.best_score)
         self.board.close()
         ddp.barrier(self.info)
@@ -369,6 +373,7 @@ class _Trainer:
         self.stepper.distribute()
         if saved is None and self.config.train.budget_minutes > 0:
             self.budget = fit_budget(self)  # resolves train.steps_per_epoch and warmup_steps
+            self.refit_at = refit_step(self.config.train.steps_per_epoch)
         if self.info.is_main:
             self._write_run_files()
         self.writer = None
@@ -417,8 +422,9 @@ class _Trainer:
         --log-images reads all, its preview shows the input."""
         return None if self.log_images else self.hooks.cached(tiles)
 
-    def _train(self, target: int) -> None:
+    def _train(self) -> None:
         t, s = self.config.train, self.state
+        target = total_steps(self.config, self.max_steps)
         bar = progress_bar(total=target, initial=s.step, desc=f"train fold {self.fold}",
                            unit="step", enabled=self.progress)  # fmt: skip
         if s.pending is not None:  # killed during this epoch's validation: validate it now
@@ -456,9 +462,19 @@ class _Trainer:
                     self._log(bar, losses, start)
                 if last:
                     break
+                if s.step == self.refit_at:  # the length changes: a loader for the new one
+                    self._refit()
+                    t, target = self.config.train, total_steps(self.config, self.max_steps)
+                    bar.total = target
+                    bar.refresh()
+                    break
+                if s.step == 1:  # the first step paid for the loader's start and warm-up
+                    self.paced_from = (s.step, time.perf_counter())
                 if save:  # a SIGKILL loses < checkpoint_every steps
                     self._save_last()
             self._log(bar, losses, start)  # the epoch's steps since the last log point
+            if s.step % t.steps_per_epoch and s.step < target:  # re-fitted mid-epoch
+                continue
             seconds = s.epoch_seconds
             epoch_end = s.step % t.steps_per_epoch == 0
             row = {"epoch": epoch + 1, "step": s.step, "lr": self.stepper.head_lr(),
@@ -472,6 +488,16 @@ class _Trainer:
             validate = s.step >= target or (epoch_end and (epoch + 1) % t.val_every == 0)
             self._end_epoch(row, validate=validate)
         bar.close()
+
+    def _refit(self) -> None:
+        """The budget re-fit (kit.train.budget.refit_budget) from this run's own pace, then
+        config.yaml, run.json and last.pt with the new length (a kill resumes with it)."""
+        self.budget = {**self.budget, "refit": refit_budget(self)}
+        self.refit_at = None
+        if self.info.is_main:
+            save_config(self.config, self.run_dir.config_yaml)
+            self.run_dir.update_record(budget=self.budget)
+            self._save_last()
 
     def _log(self, bar: tqdm, losses: LossLog, start: float) -> None:
         """Read the steps' losses back into the epoch sums (waiting for the device), then the

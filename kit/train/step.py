@@ -91,6 +91,12 @@ class Stepper:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(t.seed * 1_000_003 + self.info.rank)
 
+    def relength(self, config: Config) -> None:
+        """`config`'s length (a budget re-fit's steps per epoch) for the LR schedule's total;
+        nothing else changes: the optimizer and schedule go on from the current step."""
+        self.config = config
+        self.total = config.train.epochs * config.train.steps_per_epoch
+
     def distribute(self) -> None:
         """Wrap the model in DistributedDataParallel (a no-op in a single process)."""
         if self.info.distributed:

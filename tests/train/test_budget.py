@@ -19,6 +19,8 @@ from kit.train.budget import (
     budget_steps,
     budget_warmup,
     n_validations,
+    refit_step,
+    refit_steps,
     resolved_config,
 )
 from kit.train.loop import train_fold
@@ -61,6 +63,22 @@ def test_warmup_is_capped_at_a_tenth_and_validations_count_the_last_epoch():
     assert budget_warmup(100, 240) == 24
     assert budget_warmup(5, 9) == 0
     assert [n_validations(8, v) for v in (1, 2, 3, 8, 10)] == [8, 4, 3, 1, 1]
+
+
+def test_refit_steps_fill_what_is_left_and_never_end_the_first_epoch_before_now():
+    kw = dict(validation_s=1.0, n_validations=2, epochs=2, epoch_s=0.25)
+    # 2 s in after 4 steps of 0.25 s: 1 s was setup; 12 - 1 - 2 - 0.5 = 8.5 s -> 34 steps
+    assert refit_steps(12.0, elapsed_s=2.0, done=4, step_s=0.25, **kw) == 34
+    # the same at 0.5 s/step, as calibrated: the first fit's 16 steps again
+    assert refit_steps(12.0, elapsed_s=3.0, done=4, step_s=0.5, **kw) == 16
+    assert budget_steps(12.0, step_s=0.5, setup_s=1.0, **kw) == 16
+    # 2 s a step: 8.5 s hold 4 steps, fewer than the first epoch has already trained
+    assert refit_steps(12.0, elapsed_s=9.0, done=4, step_s=2.0, **kw) == 8
+    assert refit_steps(12.0, elapsed_s=30.0, done=6, step_s=5.0, **kw) == 12  # over already
+
+
+def test_refit_comes_halfway_through_the_first_epoch_unless_it_is_too_short():
+    assert [refit_step(n) for n in (1, 7, 8, 9, 80)] == [None, None, 4, 4, 40]
 
 
 def test_resolved_config_takes_the_length_of_a_run_with_the_same_budget():
@@ -178,3 +196,60 @@ def test_budget_flag_must_not_be_negative(demo_dir, tmp_path, capsys):
             "--out", str(tmp_path / "run"), "--budget", "-1"]  # fmt: skip
     assert main(args) == 2
     assert "--budget must be at least 0" in capsys.readouterr().err
+
+
+# 0.2 min = 12 s with FIXED: 12 - 1 - 2 - 0.5 = 8.5 s = 17 steps -> 8 per epoch; re-fit at step 4.
+REFIT = ("train.budget_minutes=0.2", "train.warmup_steps=4", "train.ema=0.9")
+
+
+@pytest.fixture
+def paced(monkeypatch, fixed_timings):
+    """FIXED calibration, and a re-fit that finds the steps take `paced.step_s` each (the setup
+    took FIXED.setup); `paced.calls` counts the re-fits."""
+
+    class Paced:
+        step_s, calls = 0.25, 0
+
+    def pace(trainer):
+        Paced.calls += 1
+        return Paced.step_s, FIXED.setup + trainer.state.step * Paced.step_s
+
+    monkeypatch.setattr(budget, "pace", pace)
+    return Paced
+
+
+def test_a_faster_pace_refits_the_length_and_a_kill_after_it_resumes_with_it(
+    demo_dir, tmp_path, paced, capsys
+):
+    out = tmp_path / "refit"
+    summary = _run(demo_dir, out, *REFIT)
+    assert paced.calls == 1
+    assert "budget re-fit at step 4" in capsys.readouterr().out
+    assert summary["step"] == 34  # 0.25 s a step: twice the calibrated steps (test above)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["steps_per_epoch"] == 17
+    record = json.loads((out / "run.json").read_text())["budget"]
+    assert (record["steps"], record["refit"]["steps"], record["refit"]["at_step"]) == (16, 34, 4)
+    last = _weights(out)
+    assert last["config"]["train"]["steps_per_epoch"] == 17
+    assert [r["step"] for r in last["history"]] == [17, 34]  # two whole epochs of the new length
+    assert last["scheduler"]["last_epoch"] == 34
+
+    # Killed after the re-fit, inside the tiles drawn for the calibrated length (step 6 < 8),
+    # resumed: the same weights as in one go.
+    cut = tmp_path / "cut"
+    assert _run(demo_dir, cut, *REFIT, max_steps=6)["step"] == 6
+    assert _weights(cut)["config"]["train"]["steps_per_epoch"] == 17  # saved at the re-fit
+    assert _run(demo_dir, cut, *REFIT, resume=True)["step"] == 34
+    assert paced.calls == 2  # the resumed run did not re-fit
+    resumed = _weights(cut)
+    for name, value in last["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_a_slower_pace_ends_the_first_epoch_at_the_refit(demo_dir, tmp_path, paced):
+    paced.step_s = 2.0  # 8.5 s hold 4 steps: the first epoch ends where the re-fit is
+    out = tmp_path / "slow"
+    assert _run(demo_dir, out, *REFIT)["step"] == 8
+    last = _weights(out)
+    assert [r["step"] for r in last["history"]] == [4, 8]
+    assert all("f05" in r for r in last["history"])  # both epochs validated
