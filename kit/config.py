@@ -180,6 +180,16 @@ class TrainConfig:
     # > 0: minutes for the whole run (training and its validations); the run times its steps
     # and sets steps_per_epoch (and caps warmup_steps at 10 % of the steps) to fit
     budget_minutes: float = 0.0
+    # set by a budget, not by hand: the last epoch's steps when the run fell behind its budget
+    # and cut it short (0 = a whole epoch; kit/train/budget.py)
+    final_epoch_steps: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run: every epoch, the last one `final_epoch_steps` long
+        when a budget cut it."""
+        last = min(self.final_epoch_steps or self.steps_per_epoch, self.steps_per_epoch)
+        return (self.epochs - 1) * self.steps_per_epoch + last
 
 
 @dataclass
@@ -334,6 +344,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.val_every": (1, INF, False, True), "train.num_workers": (0, INF, False, True),
     "train.checkpoint_every": (0, INF, False, True), "train.cpu_threads": (0, INF, False, True),
     "train.budget_minutes": (0, INF, False, True), "train.log_every": (1, INF, False, True),
+    "train.final_epoch_steps": (0, INF, False, True),
     "infer.stride": (0, INF, False, True), "infer.batch_size": (1, INF, False, True),
     "post.threshold": (0, 1, False, False), "post.percentile": (0, 100, False, False),
     "post.min_component_area": (0, INF, False, True),

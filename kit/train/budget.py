@@ -22,9 +22,14 @@ chooses `train.steps_per_epoch` so that setup, training and validations fit the 
    the steps before it differ from an unbudgeted run of the final length (their tiles and
    learning rates were drawn for the calibrated length).
 
-A resumed or rerun budgeted run never re-calibrates or re-fits: `resolved_config` takes the
-length from the config saved in its `last.pt` (when that run had the same budget); the re-fit
-saves `last.pt` at once, so a run killed after it resumes with the re-fitted length.
+5. `cut_final_epoch(trainer, ...)`: when the second-last epoch has trained, a run that fell
+   behind (the machine slowed down after the re-fit) cuts its last epoch to the steps the
+   budget still holds at that epoch's pace (`final_epoch_steps`): `train.final_epoch_steps`
+   and the LR schedule's total. It never lengthens the run (the re-fit does that).
+
+A resumed or rerun budgeted run never re-calibrates, re-fits or cuts: `resolved_config` takes the
+length from the config saved in its `last.pt` (when that run had the same budget); the re-fit and the cut
+save `last.pt` at once, so a run killed after them resumes with their length.
 """
 
 from __future__ import annotations
@@ -100,6 +105,23 @@ def refit_steps(
     return max(steps, done * epochs)
 
 
+def final_epoch_steps(
+    budget_s: float,
+    *,
+    elapsed_s: float,
+    step_s: float,
+    validation_s: float,
+    n_validations: int,
+    epoch_s: float,
+    steps_per_epoch: int,
+) -> int:
+    """Steps of the last epoch that fit what is left of `budget_s` after `elapsed_s`, with the
+    `n_validations` still ahead and its epoch overhead: between 1 and a whole epoch."""
+    free = budget_s - elapsed_s - n_validations * validation_s - epoch_s
+    fits = math.floor(free / step_s) if free > 0 else 0
+    return min(max(fits, 1), steps_per_epoch)
+
+
 def refit_step(steps_per_epoch: int) -> int | None:
     """The step at which a budgeted run re-fits: halfway through its first epoch; None when the
     epoch is too short to time."""
@@ -125,7 +147,8 @@ def resolved_config(config: Config, saved: dict | None) -> Config:
     train = (saved or {}).get("train") or {}
     if budget <= 0 or train.get("budget_minutes") != budget:
         return config
-    length = {k: int(train[k]) for k in ("steps_per_epoch", "warmup_steps") if k in train}
+    keys = ("steps_per_epoch", "warmup_steps", "final_epoch_steps")
+    length = {k: int(train[k]) for k in keys if k in train}
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **length))
 
 
@@ -174,8 +197,9 @@ def fit_budget(trainer) -> dict:
 
 
 def pace(trainer) -> tuple[float, float]:
-    """(seconds per step since step 1 of the run, seconds since the job began): what a re-fit
-    goes by. The first step, which paid for the loader's start and warm-up, is left out."""
+    """(seconds per step of the current epoch, seconds since the job began): what a re-fit and
+    a cut go by. The epoch's first step, which paid for the loader's start (and the run's first
+    also for warm-up), is left out (the trainer marks `paced_from` after it)."""
     first, mark = trainer.paced_from
     if trainer.device.type == "cuda":  # the steps queued so far, not just launched
         torch.cuda.synchronize(trainer.device)
@@ -212,6 +236,40 @@ def refit_budget(trainer) -> dict:
         "step_seconds": round(step_s, 5),
         "steps": steps,
         "steps_per_epoch": per_epoch,
+    }
+
+
+def cut_final_epoch(trainer, *, validations: int) -> dict | None:
+    """When `trainer`'s second-last epoch has trained (its validation, if any, and the last
+    one among the `validations` still ahead): if a whole last epoch no longer fits the budget
+    at the pace of this epoch's steps, cut it (train.final_epoch_steps, the LR schedule's
+    total), print one line and return the record run.json keeps under budget["cut"]; else
+    None."""
+    config, record = trainer.config, trainer.budget
+    t = config.train
+    step_s, elapsed = ddp.broadcast_floats(trainer.info, list(pace(trainer)))
+    steps = final_epoch_steps(
+        t.budget_minutes * 60, elapsed_s=elapsed, step_s=step_s,
+        validation_s=record["validation_seconds"], n_validations=validations,
+        epoch_s=record["epoch_seconds"], steps_per_epoch=t.steps_per_epoch,
+    )  # fmt: skip
+    if steps >= t.steps_per_epoch:
+        return None
+    trainer.config = dataclasses.replace(
+        config, train=dataclasses.replace(t, final_epoch_steps=steps)
+    )
+    trainer.stepper.relength(trainer.config)
+    total = trainer.config.train.total_steps
+    trainer._say(
+        f"budget: behind at step {trainer.state.step}, {elapsed:.1f} s in ({step_s:.3g} s/step "
+        f"lately): the last epoch cut to {steps} of {t.steps_per_epoch} steps, {total} in all"
+    )
+    return {
+        "at_step": trainer.state.step,
+        "elapsed_seconds": round(elapsed, 3),
+        "step_seconds": round(step_s, 5),
+        "final_epoch_steps": steps,
+        "steps": total,
     }
 
 

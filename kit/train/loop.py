@@ -32,7 +32,13 @@ from kit.progress import progress_bar
 from kit.run import RunDir
 from kit.train import ddp
 from kit.train.board import Board
-from kit.train.budget import fit_budget, refit_budget, refit_step, resolved_config
+from kit.train.budget import (
+    cut_final_epoch,
+    fit_budget,
+    refit_budget,
+    refit_step,
+    resolved_config,
+)
 from kit.train.dataset import TileDataset, tile_loader
 from kit.train.rerun import checked_prior, finished_message, plan, total_steps
 from kit.train.resume import TrainState, check_disk, check_resumable, restore, save_last
@@ -223,9 +229,8 @@ class _Trainer:
         self.started = time.monotonic() if started is None else started
         self.budget: dict | None = None  # the budget calibration's record (run.json)
         self.refit_at: int | None = None  # the step a fresh budgeted run re-fits its length at
-        self.paced_from: tuple[int, float] | None = (
-            None  # (step, perf_counter) the pace counts from
-        )
+        # (step, time.perf_counter()) after the current epoch's first step: budget.pace
+        self.paced_from: tuple[int, float] | None = None
         self.writer = None
         self.board = Board(None)  # TensorBoard's validation pictures and hparams (rank 0)
         self.data: FoldData | None = None
@@ -463,12 +468,11 @@ class _Trainer:
                 if last:
                     break
                 if s.step == self.refit_at:  # the length changes: a loader for the new one
-                    self._refit()
-                    t, target = self.config.train, total_steps(self.config, self.max_steps)
-                    bar.total = target
-                    bar.refresh()
+                    self.refit_at = None
+                    target = self._relength("refit", refit_budget(self), bar)
+                    t = self.config.train
                     break
-                if s.step == 1:  # the first step paid for the loader's start and warm-up
+                if s.epoch_steps == 1:  # the first paid for the loader's start (and warm-up)
                     self.paced_from = (s.step, time.perf_counter())
                 if save:  # a SIGKILL loses < checkpoint_every steps
                     self._save_last()
@@ -486,18 +490,29 @@ class _Trainer:
                 }
             )
             validate = s.step >= target or (epoch_end and (epoch + 1) % t.val_every == 0)
+            last_epoch = (t.epochs - 1) * t.steps_per_epoch
+            if self.budget is not None and 0 < s.step == last_epoch < target:  # behind?
+                cut = cut_final_epoch(self, validations=1 + validate)
+                if cut is not None:  # last.pt: _end_epoch saves it next
+                    target = self._relength("cut", cut, bar, save=False)
+                    t = self.config.train
             self._end_epoch(row, validate=validate)
         bar.close()
 
-    def _refit(self) -> None:
-        """The budget re-fit (kit.train.budget.refit_budget) from this run's own pace, then
-        config.yaml, run.json and last.pt with the new length (a kill resumes with it)."""
-        self.budget = {**self.budget, "refit": refit_budget(self)}
-        self.refit_at = None
+    def _relength(self, key: str, record: dict, bar, *, save: bool = True) -> int:
+        """After a budget re-fit or cut (kit.train.budget) changed the run's length: `record`
+        into run.json's budget[key], config.yaml and (`save`) last.pt (a kill resumes with
+        it), the progress bar's total; returns the new target step."""
+        self.budget = {**self.budget, key: record}
         if self.info.is_main:
             save_config(self.config, self.run_dir.config_yaml)
             self.run_dir.update_record(budget=self.budget)
-            self._save_last()
+            if save:
+                self._save_last()
+        target = total_steps(self.config, self.max_steps)
+        bar.total = target
+        bar.refresh()
+        return target
 
     def _log(self, bar: tqdm, losses: LossLog, start: float) -> None:
         """Read the steps' losses back into the epoch sums (waiting for the device), then the

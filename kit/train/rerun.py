@@ -35,7 +35,7 @@ RESUME_FREE = ("epochs", "num_workers", "checkpoint_every", "log_every")
 
 def total_steps(config: Config, max_steps: int | None) -> int:
     """Optimiser steps this invocation trains to: all epochs, or fewer with --max-steps."""
-    full = config.train.epochs * config.train.steps_per_epoch
+    full = config.train.total_steps
     return min(full, max_steps) if max_steps is not None else full
 
 

@@ -74,7 +74,7 @@ class Stepper:
         t = config.train
         self.optimizer = adamw(param_groups(self.model, config), lr=t.lr,
                                weight_decay=t.weight_decay)  # fmt: skip
-        self.total = t.epochs * t.steps_per_epoch
+        self.total = t.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup=t.warmup_steps, total=self.total)
         )
@@ -92,10 +92,10 @@ class Stepper:
         self.generator.manual_seed(t.seed * 1_000_003 + self.info.rank)
 
     def relength(self, config: Config) -> None:
-        """`config`'s length (a budget re-fit's steps per epoch) for the LR schedule's total;
-        nothing else changes: the optimizer and schedule go on from the current step."""
+        """`config`'s length (a budget's re-fit or cut) for the LR schedule's total; nothing
+        else changes: the optimizer and schedule go on from the current step."""
         self.config = config
-        self.total = config.train.epochs * config.train.steps_per_epoch
+        self.total = config.train.total_steps
 
     def distribute(self) -> None:
         """Wrap the model in DistributedDataParallel (a no-op in a single process)."""

@@ -18,6 +18,7 @@ from kit.train.budget import (
     Timings,
     budget_steps,
     budget_warmup,
+    final_epoch_steps,
     n_validations,
     refit_step,
     refit_steps,
@@ -77,6 +78,18 @@ def test_refit_steps_fill_what_is_left_and_never_end_the_first_epoch_before_now(
     assert refit_steps(12.0, elapsed_s=30.0, done=6, step_s=5.0, **kw) == 12  # over already
 
 
+def test_a_cut_last_epoch_holds_what_the_budget_has_left():
+    kw = dict(step_s=0.5, validation_s=1.0, n_validations=2, epoch_s=0.5, steps_per_epoch=10)
+    assert final_epoch_steps(20.0, elapsed_s=10.0, **kw) == 10  # 7.5 s left: more than an epoch
+    assert final_epoch_steps(20.0, elapsed_s=14.0, **kw) == 7  # 3.5 s
+    assert final_epoch_steps(20.0, elapsed_s=30.0, **kw) == 1  # over already: one step
+    train = load_config("cpu-demo-unet", ["train.epochs=4", "train.steps_per_epoch=10"]).train
+    assert train.total_steps == 40
+    cut = load_config("cpu-demo-unet", ["train.epochs=4", "train.steps_per_epoch=10",
+                                        "train.final_epoch_steps=7"]).train  # fmt: skip
+    assert cut.total_steps == 37
+
+
 def test_refit_comes_halfway_through_the_first_epoch_unless_it_is_too_short():
     assert [refit_step(n) for n in (1, 7, 8, 9, 80)] == [None, None, 4, 4, 40]
 
@@ -101,7 +114,7 @@ def test_resolved_config_takes_the_length_of_a_run_with_the_same_budget():
 @pytest.fixture
 def fixed_timings(monkeypatch):
     """The real calibration runs (its steps, prediction, save and the restoring), then reports
-    FIXED; `calls` counts it."""
+    FIXED, and the run keeps that pace; `calls` counts the calibrations."""
     calls = []
     real = budget.calibrate
 
@@ -113,6 +126,10 @@ def fixed_timings(monkeypatch):
         return FIXED
 
     monkeypatch.setattr(budget, "calibrate", calibrate)
+    # the run's own pace as calibrated, so the checks that follow (re-fit, cut) change nothing
+    monkeypatch.setattr(
+        budget, "pace", lambda tr: (FIXED.step, FIXED.setup + tr.state.step * FIXED.step)
+    )
     return calls
 
 
@@ -204,15 +221,18 @@ REFIT = ("train.budget_minutes=0.2", "train.warmup_steps=4", "train.ema=0.9")
 
 @pytest.fixture
 def paced(monkeypatch, fixed_timings):
-    """FIXED calibration, and a re-fit that finds the steps take `paced.step_s` each (the setup
-    took FIXED.setup); `paced.calls` counts the re-fits."""
+    """FIXED calibration, and a re-fit (and the check before the last epoch) that finds the
+    steps take `paced.step_s` each (the setup took FIXED.setup, later checks `paced.late` more);
+    `paced.calls` counts the checks."""
 
     class Paced:
         step_s, calls = 0.25, 0
+        late = 0.0  # seconds the run loses after the re-fit (the machine slowed down)
 
     def pace(trainer):
         Paced.calls += 1
-        return Paced.step_s, FIXED.setup + trainer.state.step * Paced.step_s
+        late = Paced.late if Paced.calls > 1 else 0.0
+        return Paced.step_s, FIXED.setup + trainer.state.step * Paced.step_s + late
 
     monkeypatch.setattr(budget, "pace", pace)
     return Paced
@@ -223,7 +243,7 @@ def test_a_faster_pace_refits_the_length_and_a_kill_after_it_resumes_with_it(
 ):
     out = tmp_path / "refit"
     summary = _run(demo_dir, out, *REFIT)
-    assert paced.calls == 1
+    assert paced.calls == 2  # the re-fit, then (on time) the check before the last epoch
     assert "budget re-fit at step 4" in capsys.readouterr().out
     assert summary["step"] == 34  # 0.25 s a step: twice the calibrated steps (test above)
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["steps_per_epoch"] == 17
@@ -240,16 +260,38 @@ def test_a_faster_pace_refits_the_length_and_a_kill_after_it_resumes_with_it(
     assert _run(demo_dir, cut, *REFIT, max_steps=6)["step"] == 6
     assert _weights(cut)["config"]["train"]["steps_per_epoch"] == 17  # saved at the re-fit
     assert _run(demo_dir, cut, *REFIT, resume=True)["step"] == 34
-    assert paced.calls == 2  # the resumed run did not re-fit
+    assert paced.calls == 3  # the resumed run neither re-fitted nor checked
     resumed = _weights(cut)
     for name, value in last["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
 
 
-def test_a_slower_pace_ends_the_first_epoch_at_the_refit(demo_dir, tmp_path, paced):
+def test_a_slower_pace_ends_the_first_epoch_at_the_refit_and_cuts_the_last(
+    demo_dir, tmp_path, paced
+):
     paced.step_s = 2.0  # 8.5 s hold 4 steps: the first epoch ends where the re-fit is
     out = tmp_path / "slow"
-    assert _run(demo_dir, out, *REFIT)["step"] == 8
+    # 9 s in at step 4, 3 s left: two validations and an epoch's 0.25 s leave no whole step
+    assert _run(demo_dir, out, *REFIT)["step"] == 5
     last = _weights(out)
-    assert [r["step"] for r in last["history"]] == [4, 8]
+    assert [r["step"] for r in last["history"]] == [4, 5]
     assert all("f05" in r for r in last["history"])  # both epochs validated
+    assert last["config"]["train"]["final_epoch_steps"] == 1
+
+
+def test_a_run_that_falls_behind_cuts_its_last_epoch_and_is_then_finished(
+    demo_dir, tmp_path, paced, capsys
+):
+    paced.late = 3.0  # at step 17: 1 + 17 x 0.25 + 3 = 8.25 s in, 12 - 8.25 - 2 - 0.25 = 1.5 s
+    out = tmp_path / "behind"
+    assert _run(demo_dir, out, *REFIT)["step"] == 23  # 17 + 6 steps of 0.25 s
+    assert "the last epoch cut to 6 of 17 steps, 23 in all" in capsys.readouterr().out
+    train = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert (train["steps_per_epoch"], train["final_epoch_steps"]) == (17, 6)
+    cut = json.loads((out / "run.json").read_text())["budget"]["cut"]
+    assert (cut["at_step"], cut["final_epoch_steps"], cut["steps"]) == (17, 6, 23)
+    last = _weights(out)
+    assert [r["step"] for r in last["history"]] == [17, 23]
+    assert last["history"][-1]["lr"] == 0.0  # the cosine ends at the cut end
+    assert _run(demo_dir, out, *REFIT)["step"] == 23  # finished: nothing trains again
+    assert paced.calls == 2
