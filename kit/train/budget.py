@@ -21,15 +21,15 @@ chooses `train.steps_per_epoch` so that setup, training and validations fit the 
    now), the LR schedule's total with it (warmup unchanged), written like the first fit. Only
    the steps before it differ from an unbudgeted run of the final length (their tiles and
    learning rates were drawn for the calibrated length).
-
 5. `cut_final_epoch(trainer, ...)`: when the second-last epoch has trained, a run that fell
    behind (the machine slowed down after the re-fit) cuts its last epoch to the steps the
    budget still holds at that epoch's pace (`final_epoch_steps`): `train.final_epoch_steps`
    and the LR schedule's total. It never lengthens the run (the re-fit does that).
 
-A resumed or rerun budgeted run never re-calibrates, re-fits or cuts: `resolved_config` takes the
-length from the config saved in its `last.pt` (when that run had the same budget); the re-fit and the cut
-save `last.pt` at once, so a run killed after them resumes with their length.
+A resumed or rerun budgeted run never re-calibrates, re-fits or cuts: `resolved_config` takes
+the length from the config saved in its `last.pt` (when that run had the same budget); the
+re-fit and the cut save `last.pt` at once (the cut with the epoch's end), so a run killed after
+them resumes with their length.
 """
 
 from __future__ import annotations
