@@ -45,6 +45,22 @@ def test_a_finished_run_of_other_inputs_is_refused_and_overwrite_retrains_it(dem
     assert _train(demo_dir, out, "train.lr=0.01", "train.epochs=3", resume=True)["step"] == 9
 
 
+def test_a_run_recorded_before_a_config_field_existed_is_still_the_same_run(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    _train(demo_dir, out)
+    run = RunDir(out)
+    record = run.record()
+    del record["provenance"]["config"]["train"]["final_epoch_steps"]  # an older kit's run.json
+    run.run_json.write_text(json.dumps(record))
+    stamp = run.last.stat().st_mtime_ns
+    assert _train(demo_dir, out)["step"] == 6  # finished: nothing to do
+    assert run.last.stat().st_mtime_ns == stamp
+    record["provenance"]["config"]["train"]["lr"] = 0.5  # a real difference still counts
+    run.run_json.write_text(json.dumps(record))
+    with pytest.raises(KitError, match=r"config\.train\.lr: 0\.5 -> 0\.001"):
+        _train(demo_dir, out)
+
+
 SETS = [x for item in TINY for x in ("--set", item)]
 
 
