@@ -2,9 +2,10 @@
 
 Reads every `runs/<member>/fold<k>/run.json` below each DIR (a `run_all.sh` OUT_DIR, or a
 `bench/generalise.py --out` directory with one per variant) and prints, per finished run: the
-budget, the steps calibration chose, the re-fit's and the cut's (if any), the steps trained and
-the run's own wall time (`trained.seconds`: setup, training, validations) against its budget;
-then the fraction of runs over 100 % and over 110 % of their budget (kit/train/budget.py).
+budget, the steps and s/step calibration chose, the re-fit's (if any), the cut's steps (if
+any), the steps trained and the run's own wall time (`trained.seconds`: setup, training,
+validations) against its budget; then the fraction of runs over 100 % and over 110 % of their
+budget (kit/train/budget.py).
 
     python bench/budget_use.py DIR [DIR ...] [--markdown]
 """
@@ -32,7 +33,9 @@ def budget_rows(root: Path) -> list[dict]:
             "run": str(path.parent.relative_to(root)),
             "budget_s": budget_s,
             "calibrated": budget["steps"],
+            "calibrated_s": budget["step_seconds"],
             "refit": (budget.get("refit") or {}).get("steps"),
+            "refit_s": (budget.get("refit") or {}).get("step_seconds"),
             "cut": (budget.get("cut") or {}).get("steps"),
             "steps": trained["steps"],
             "seconds": trained["seconds"],
@@ -49,12 +52,15 @@ def main() -> None:
     rows = [r for d in args.dirs for r in budget_rows(d)]
     if not rows:
         raise SystemExit(f"no budgeted run.json under {', '.join(map(str, args.dirs))}")
-    cols = ["run", "budget_s", "calibrated", "refit", "cut", "steps", "seconds", "used"]
+    cols = ["run", "budget_s", "calibrated", "s/step", "refit", "s/step", "cut", "steps",
+            "seconds", "used"]  # fmt: skip
     if args.markdown:
         print("| " + " | ".join(cols) + " |")
         print("|" + "---|" * len(cols))
     for r in rows:
-        cells = [r["run"], f"{r['budget_s']:.1f}", str(r["calibrated"]), str(r["refit"] or "-"),
+        refit_s = f"{r['refit_s']:.3f}" if r["refit_s"] else "-"
+        cells = [r["run"], f"{r['budget_s']:.1f}", str(r["calibrated"]),
+                 f"{r['calibrated_s']:.3f}", str(r["refit"] or "-"), refit_s,
                  str(r["cut"] or "-"), str(r["steps"]), f"{r['seconds']:.1f}",
                  f"{100 * r['used']:.0f} %"]  # fmt: skip
         print("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))

@@ -316,6 +316,16 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
     return config
 
 
+def with_added_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config dict an older kit wrote (a checkpoint's, a run's provenance) with the fields
+    added since at their defaults, so that a new field alone never tells two runs apart;
+    unchanged when it no longer loads."""
+    try:
+        return config_to_dict(config_from_dict(raw))
+    except KitError:
+        return raw
+
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 INPUT_MODES = ("volume", "ir")
 NORMS = ("percentile", "meanstd")

@@ -116,10 +116,23 @@ def final_epoch_steps(
     steps_per_epoch: int,
 ) -> int:
     """Steps of the last epoch that fit what is left of `budget_s` after `elapsed_s`, with the
-    `n_validations` still ahead and its epoch overhead: between 1 and a whole epoch."""
-    free = budget_s - elapsed_s - n_validations * validation_s - epoch_s
-    fits = math.floor(free / step_s) if free > 0 else 0
-    return min(max(fits, 1), steps_per_epoch)
+    `n_validations` still ahead and its epoch overhead: `budget_steps` of one epoch with the
+    time so far as setup, at most a whole epoch."""
+    fits = budget_steps(
+        budget_s, step_s=step_s, validation_s=validation_s, n_validations=n_validations,
+        setup_s=elapsed_s, epochs=1, epoch_s=epoch_s,
+    )  # fmt: skip
+    return min(fits, steps_per_epoch)
+
+
+def refit_due(record: dict | None, step: int) -> bool:
+    """Whether a run with this budget `record` (run.json's; None: not calibrated in this
+    invocation) re-fits after `step`: at `refit_step` of its calibrated length, once."""
+    return (
+        record is not None
+        and "refit" not in record
+        and (step == refit_step(record["steps_per_epoch"]))
+    )
 
 
 def refit_step(steps_per_epoch: int) -> int | None:
@@ -139,6 +152,12 @@ def n_validations(epochs: int, val_every: int) -> int:
     return -(-epochs // max(val_every, 1))
 
 
+def with_length(config: Config, **length: int) -> Config:
+    """`config` with the run-length fields `length` (steps_per_epoch, warmup_steps,
+    final_epoch_steps) replaced."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **length))
+
+
 def resolved_config(config: Config, saved: dict | None) -> Config:
     """`config` with the length an earlier run of the same budget resolved (`saved` = the config
     dict stored in its checkpoint): its steps_per_epoch and warmup_steps. Unchanged without a
@@ -149,7 +168,7 @@ def resolved_config(config: Config, saved: dict | None) -> Config:
         return config
     keys = ("steps_per_epoch", "warmup_steps", "final_epoch_steps")
     length = {k: int(train[k]) for k in keys if k in train}
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, **length))
+    return with_length(config, **length)
 
 
 def fit_budget(trainer) -> dict:
@@ -166,9 +185,7 @@ def fit_budget(trainer) -> dict:
     )  # fmt: skip
     per_epoch = steps // t.epochs
     warmup = budget_warmup(t.warmup_steps, steps)
-    trainer.config = dataclasses.replace(
-        config, train=dataclasses.replace(t, steps_per_epoch=per_epoch, warmup_steps=warmup)
-    )
+    trainer.config = with_length(config, steps_per_epoch=per_epoch, warmup_steps=warmup)
     trainer.stepper.reset(trainer.config)  # fresh optimizer, scheduler, scaler, EMA, generator
     fixed = timings.setup + n_val * timings.validation + t.epochs * timings.epoch
     note = ""
@@ -221,9 +238,7 @@ def refit_budget(trainer) -> dict:
         epochs=t.epochs, epoch_s=record["epoch_seconds"],
     )  # fmt: skip
     per_epoch = steps // t.epochs
-    trainer.config = dataclasses.replace(
-        config, train=dataclasses.replace(t, steps_per_epoch=per_epoch)
-    )
+    trainer.config = with_length(config, steps_per_epoch=per_epoch)
     trainer.stepper.relength(trainer.config)
     trainer._say(
         f"budget re-fit at step {done}, {elapsed:.1f} s in: {step_s:.3g} s/step measured "
@@ -255,9 +270,7 @@ def cut_final_epoch(trainer, *, validations: int) -> dict | None:
     )  # fmt: skip
     if steps >= t.steps_per_epoch:
         return None
-    trainer.config = dataclasses.replace(
-        config, train=dataclasses.replace(t, final_epoch_steps=steps)
-    )
+    trainer.config = with_length(config, final_epoch_steps=steps)
     trainer.stepper.relength(trainer.config)
     total = trainer.config.train.total_steps
     trainer._say(

@@ -36,7 +36,7 @@ from kit.train.budget import (
     cut_final_epoch,
     fit_budget,
     refit_budget,
-    refit_step,
+    refit_due,
     resolved_config,
 )
 from kit.train.dataset import TileDataset, tile_loader
@@ -228,7 +228,6 @@ class _Trainer:
         # time.monotonic() when the job began (train.budget_minutes); default: now
         self.started = time.monotonic() if started is None else started
         self.budget: dict | None = None  # the budget calibration's record (run.json)
-        self.refit_at: int | None = None  # the step a fresh budgeted run re-fits its length at
         # (step, time.perf_counter()) after the current epoch's first step: budget.pace
         self.paced_from: tuple[int, float] | None = None
         self.writer = None
@@ -378,7 +377,6 @@ class _Trainer:
         self.stepper.distribute()
         if saved is None and self.config.train.budget_minutes > 0:
             self.budget = fit_budget(self)  # resolves train.steps_per_epoch and warmup_steps
-            self.refit_at = refit_step(self.config.train.steps_per_epoch)
         if self.info.is_main:
             self._write_run_files()
         self.writer = None
@@ -467,8 +465,7 @@ class _Trainer:
                     self._log(bar, losses, start)
                 if last:
                     break
-                if s.step == self.refit_at:  # the length changes: a loader for the new one
-                    self.refit_at = None
+                if refit_due(self.budget, s.step):  # the length changes: a loader for it
                     target = self._relength("refit", refit_budget(self), bar)
                     t = self.config.train
                     break

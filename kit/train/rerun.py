@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from kit.config import Config
+from kit.config import Config, with_added_defaults
 from kit.errors import KitError
 from kit.provenance import differences
 from kit.run import PredictionDir, RunDir
@@ -100,7 +100,9 @@ def decide(
     record = run.record()
     if not (run.last.is_file() or run.best.is_file() or "provenance" in record):
         return "fresh"
-    old = with_added_defaults(record.get("provenance"))
+    old = record.get("provenance")
+    if old is not None and isinstance(old.get("config"), dict):  # fields added since: defaults
+        old = {**old, "config": with_added_defaults(old["config"])}
     diffs = (
         differences(old, provenance)
         if old is not None
@@ -128,21 +130,6 @@ def decide(
             "or --overwrite to start over"
         )
     return "resume"
-
-
-def with_added_defaults(provenance: dict | None) -> dict | None:
-    """A recorded `provenance` with the config fields a newer kit added at their defaults, so
-    that a new field alone does not make an older run another input (as `--resume` reads an
-    older last.pt); unchanged when its config no longer loads."""
-    from kit.config import config_from_dict, config_to_dict
-
-    if not provenance or not isinstance(provenance.get("config"), dict):
-        return provenance
-    try:
-        config = config_to_dict(config_from_dict(provenance["config"]))
-    except KitError:
-        return provenance
-    return {**provenance, "config": config}
 
 
 def finished(run: RunDir, max_steps: int | None) -> bool:

@@ -9,7 +9,6 @@ and the run's progress, so `--resume` continues with exactly the batch the run w
 
 from __future__ import annotations
 
-import contextlib
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from kit.checkpoint import save_checkpoint
-from kit.config import Config, config_from_dict, config_to_dict
+from kit.config import Config, config_to_dict, with_added_defaults
 from kit.errors import KitError
 from kit.run import RunDir
 from kit.train.rerun import RESUME_FREE
@@ -100,9 +99,7 @@ def check_disk(run: RunDir, model: torch.nn.Module) -> None:
 def check_resumable(config: Config, saved: dict, path: Path) -> None:
     """KitError unless `saved` (the last.pt dict at `path`) was written with this config, up to
     the train.* fields in RESUME_FREE."""
-    ours, theirs = config_to_dict(config), saved["config"]
-    with contextlib.suppress(KitError):  # fields added since it was saved: their defaults
-        theirs = config_to_dict(config_from_dict(theirs))
+    ours, theirs = config_to_dict(config), with_added_defaults(saved["config"])
     for section in ours:  # the rest defines the run
         if section == "train":
             a = {k: v for k, v in ours[section].items() if k not in RESUME_FREE}
