@@ -131,7 +131,7 @@ def train(
         )
         for v, m, y in fragments
     ]
-    model = UNet()
+    model = UNet(cin=fragments[0][0].shape[0])
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()

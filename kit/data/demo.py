@@ -183,21 +183,27 @@ class SynthFragment:
     def slice(self, z: int) -> np.ndarray:
         """Slice z in scan order as uint16 (H, W); deterministic (noise seeded by noise_seed
         and z). The file index of slice z is N_SLICES - 1 - z when the style is reversed."""
-        st = self.style
         rng = np.random.default_rng([self.noise_seed, z])
+        noise = BACKGROUND + self.style.noise * rng.standard_normal(self.shape, dtype=np.float32)
+        # Outside the papyrus the scanner sees air: background and noise only.
+        value = np.where(self.mask, self.papyrus(z, self.labels) + noise, noise)
+        return np.clip(value, 0, 65535).astype(np.uint16)
+
+    def papyrus(self, z: int, ink: np.ndarray) -> np.ndarray:
+        """The sheet's noise-free density over the background in slice z (float32 (H, W)) with
+        `ink` (H, W; 1 = ink) as the labels: what `slice` adds its noise to. An observer who
+        knew this for ink and for no ink everywhere would know all but the labels and the
+        noise (bench/ceiling.py)."""
+        st = self.style
         d = np.float32(z) - self.surface  # > 0 behind the surface, inside the sheet
         sheet = _sigmoid(d / 0.8) * _sigmoid((st.sheet_thickness - d) / 1.5)
         front = (d < st.sheet_thickness / 2).astype(np.float32)
-        ink = self.labels.astype(np.float32)
+        ink = ink.astype(np.float32)
         ink_layer = np.exp(-0.5 * ((d - st.ink_depth) / st.ink_width) ** 2)
         texture = front * self.fibre_h * (1 - st.ink_smoothing * ink * ink_layer)
         texture += (1 - front) * self.fibre_v
-        noise = BACKGROUND + st.noise * rng.standard_normal(self.shape, dtype=np.float32)
         value = PAPYRUS * sheet * (1 + st.fibre_contrast * texture) * self.shading
-        value += st.ink_density * ink * ink_layer
-        # Outside the papyrus the scanner sees air: background and noise only.
-        value = np.where(self.mask, value + noise, noise)
-        return np.clip(value, 0, 65535).astype(np.uint16)
+        return value + st.ink_density * ink * ink_layer
 
     def ir(self) -> np.ndarray:
         """Infrared photograph, uint8 (H, W): light papyrus, dark ink, black outside."""
@@ -230,20 +236,13 @@ def make_demo_data(
     write = LAYOUTS[layout]
     out = Path(out)
     style = style or DemoStyle()
-    shapes = {k: _scaled(v, scale) for k, v in REAL_SHAPES.items()}
-    split_rows = {"2": STANDARD_FOLDS[1].row_end}
-    for index, (fid, shape) in enumerate(shapes.items()):
-        frag = synth_fragment(
-            shape, seed=seed, index=index, scale=scale, balance=split_rows.get(fid), style=style
-        )
+    train, test = demo_fragments(seed, scale, style)
+    for fid, frag in train.items():
         write(out / "train" / fid, frag, labels=True, layers=layers, progress=progress)
-    test = synth_fragment(shapes["1"], seed=seed, index=len(shapes), scale=scale, style=style)
-    cut = round(TEST_SPLIT["a"][1] / REAL_SHAPES["1"][0] * shapes["1"][0])
     solution = []
-    for i, (tid, rows) in enumerate((("a", slice(0, cut)), ("b", slice(cut, None)))):
-        part = _crop(test, rows, noise_seed=test.noise_seed + 1 + i)
+    for tid, part in test.items():
         write(out / "test" / tid, part, labels=False, layers=layers, progress=progress)
-        solution.append((tid, rle.encode(test.labels[rows]), *test.labels[rows].shape))
+        solution.append((tid, rle.encode(part.labels), *part.labels.shape))
     write_csv(
         out / "sample_submission.csv", ["Id", "Predicted"], [(t, "1 1") for t, *_ in solution]
     )
@@ -251,6 +250,31 @@ def make_demo_data(
     write_folds(STANDARD_FOLDS, out / "folds.csv")
     write_json(out / STYLE_FILE, asdict(style))
     return out
+
+
+def demo_fragments(
+    seed: int = 0, scale: float = DEFAULT_SCALE, style: DemoStyle | None = None
+) -> tuple[dict[str, SynthFragment], dict[str, SynthFragment]]:
+    """The fragments a demo dataset is written from, in memory: ({train id: fragment},
+    {test id: fragment}), the test ones with their labels (solution.csv's)."""
+    from kit.data.folds import STANDARD_FOLDS
+
+    style = style or DemoStyle()
+    shapes = {k: _scaled(v, scale) for k, v in REAL_SHAPES.items()}
+    split_rows = {"2": STANDARD_FOLDS[1].row_end}
+    train = {
+        fid: synth_fragment(
+            shape, seed=seed, index=index, scale=scale, balance=split_rows.get(fid), style=style
+        )
+        for index, (fid, shape) in enumerate(shapes.items())
+    }
+    whole = synth_fragment(shapes["1"], seed=seed, index=len(shapes), scale=scale, style=style)
+    cut = round(TEST_SPLIT["a"][1] / REAL_SHAPES["1"][0] * shapes["1"][0])
+    test = {
+        tid: _crop(whole, rows, noise_seed=whole.noise_seed + 1 + i)
+        for i, (tid, rows) in enumerate((("a", slice(0, cut)), ("b", slice(cut, None))))
+    }
+    return train, test
 
 
 def synth_fragment(

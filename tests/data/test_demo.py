@@ -1,3 +1,4 @@
+import csv
 import hashlib
 
 import cv2
@@ -6,7 +7,16 @@ import pytest
 import tifffile
 
 from kit import rle
-from kit.data.demo import N_SLICES, REAL_SHAPES, make_demo_data, synth_fragment
+from kit.data.demo import (
+    BACKGROUND,
+    DEFAULT_SCALE,
+    N_SLICES,
+    REAL_SHAPES,
+    demo_fragments,
+    make_demo_data,
+    style_from,
+    synth_fragment,
+)
 from kit.data.folds import FRAGMENT2_SPLIT, STANDARD_FOLDS, load_folds
 from kit.data.fragment import Fragment
 from kit.metrics import best_threshold
@@ -121,3 +131,31 @@ def test_small_scales_still_make_valid_fragments(tmp_path, scale):
         frag = Fragment(out / "train" / fid)
         assert frag.mask().any() and frag.labels().any()
     assert validate_submission(out / "sample_submission.csv", out / "test")
+
+
+def test_the_written_dataset_is_demo_fragments(demo_dir):
+    """make_demo_data writes demo_fragments' fragments: slices byte for byte, test labels into
+    solution.csv (what bench/ceiling.py regenerates in memory)."""
+    train, test = demo_fragments(seed=0, scale=DEMO_SCALE)
+    for z in (0, 33):
+        written = tifffile.imread(demo_dir / "train" / "2" / "surface_volume" / f"{z:02d}.tif")
+        np.testing.assert_array_equal(written, train["2"].slice(z))
+    with open(demo_dir / "solution.csv") as fh:
+        rows = {r["Id"]: r for r in csv.DictReader(fh)}
+    for tid, frag in test.items():
+        np.testing.assert_array_equal(rle.decode(rows[tid]["Predicted"], frag.shape), frag.labels)
+        np.testing.assert_array_equal(Fragment(demo_dir / "test" / tid).read(40, 41)[0],
+                                      frag.slice(40))  # fmt: skip
+
+
+def test_a_slice_is_background_plus_papyrus_plus_the_styles_noise():
+    style = style_from("deep")
+    frag = synth_fragment((120, 100), seed=0, index=0, scale=DEFAULT_SCALE / 4, style=style)
+    inside, z = frag.mask, round(float(frag.surface.mean()) + style.ink_depth)
+    residual = frag.slice(z).astype(np.float32) - BACKGROUND - frag.papyrus(z, frag.labels)
+    assert abs(residual[inside].mean()) < 0.05 * style.noise
+    assert abs(residual[inside].std() / style.noise - 1) < 0.05
+    # ink changes the density only in its layer behind the surface
+    ink, none = np.ones(frag.shape), np.zeros(frag.shape)
+    assert np.abs(frag.papyrus(z, ink) - frag.papyrus(z, none))[inside].mean() > 0.5 * 2900
+    assert np.abs(frag.papyrus(5, ink) - frag.papyrus(5, none)).max() < 1
