@@ -133,11 +133,7 @@ def main() -> None:
         "curve": curve,
         "seconds": round(time.monotonic() - start, 1),
     }
-    line = json.dumps(result)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
+    plain.emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -212,6 +212,15 @@ def score(model: UNet, tests: list[Path], solution: dict) -> dict:
     }
 
 
+def emit(result: dict, out: Path | None) -> None:
+    """Print `result` as one JSON line, and write it to `out` too when given."""
+    line = json.dumps(result)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(line + "\n")
+    print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -258,11 +267,7 @@ def main() -> None:
         "seed": args.seed,
         **({"curve": curve} if curve else {}),
     }
-    line = json.dumps(result)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

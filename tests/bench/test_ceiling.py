@@ -1,6 +1,5 @@
 """bench/ceiling.py's log-likelihood ratio is the exact one of the generator's Gaussian noise."""
 
-
 from bench.ceiling import llr
 from kit.data.demo import DEFAULT_SCALE, style_from, synth_fragment
 
