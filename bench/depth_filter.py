@@ -87,9 +87,9 @@ def main() -> None:
     train = [Fragment(p) for p in find_fragments(args.data, "train")]
     tests = [Fragment(p) for p in find_fragments(args.data, "test")]
     labels = [f.labels() > 0 for f in train]
-    config = resolve_auto(load_config("cpu-demo-unet"), probe_fragments(train, labels))
-    data = config.data
-    print(f"probe: {describe(probe_fragments(train, labels))}", file=sys.stderr)
+    probe = probe_fragments(train, labels)
+    data = resolve_auto(load_config("cpu-demo-unet"), probe).data
+    print(f"probe: {describe(probe)}", file=sys.stderr)
     print(f"window {data.z_start}..{data.z_end} reverse {data.reverse} flatten {data.flatten}",
           file=sys.stderr)  # fmt: skip
 
