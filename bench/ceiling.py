@@ -45,7 +45,6 @@ from kit.data.demo import (
     demo_fragments,
     style_from,
 )
-from kit.metrics import best_threshold
 
 CLIP = 30.0  # the U-Net sees LLR / CLIP clipped to ±1 (a pixel's LLR rarely leaves ±30)
 
@@ -64,9 +63,9 @@ def llr(frag: SynthFragment) -> np.ndarray:
 
 def pooled_best(maps: list[np.ndarray], frags: list[SynthFragment]) -> tuple[float, float]:
     """(threshold, F0.5) at the best threshold over all test pixels inside their masks."""
-    prob = np.concatenate([m[f.mask] for m, f in zip(maps, frags, strict=True)])
-    target = np.concatenate([f.labels[f.mask] for f in frags])
-    return best_threshold(prob, target)
+    scores = plain.pooled_scores([m * f.mask for m, f in zip(maps, frags, strict=True)],
+                                 [f.labels for f in frags])  # fmt: skip
+    return scores["oracle_threshold"], scores["oracle_test_f05"]
 
 
 def main() -> None:

@@ -46,7 +46,6 @@ from kit.data.fragment import Fragment
 from kit.data.layout import find_fragments
 from kit.data.preprocess import fragment_stats, normalize, read_window
 from kit.data.probe import describe, probe_fragments, resolve_auto
-from kit.metrics import best_threshold, confusion_counts, fbeta_from_counts
 from kit.rle import decode
 
 CLIP = 8.0  # the U-Net sees the filter's logit / CLIP clipped to ±1
@@ -124,15 +123,8 @@ def main() -> None:
 
     def pooled(probs: list[np.ndarray]) -> tuple[float, float, float]:
         """(F0.5 at 0.5, best threshold, F0.5 there) over the test fragments' masks."""
-        tp = fp = fn = 0
-        for p, t, m in zip(probs, targets, masks, strict=True):
-            a, b, c = confusion_counts((p >= 0.5) & m, t)
-            tp, fp, fn = tp + a, fp + b, fn + c
-        prob = np.concatenate([p[m] for p, m in zip(probs, masks, strict=True)])
-        best_t, best_f = best_threshold(
-            prob, np.concatenate([t[m] for t, m in zip(targets, masks, strict=True)])
-        )
-        return fbeta_from_counts(tp, fp, fn), best_t, best_f
+        scores = plain.pooled_scores([p * m for p, m in zip(probs, masks, strict=True)], targets)
+        return scores["test_f05"], scores["oracle_threshold"], scores["oracle_test_f05"]
 
     per_pixel = pooled([1 / (1 + np.exp(-m)) for m in test_maps])
     print(f"depth filter alone: best test F0.5 {per_pixel[2]:.4f} ({filter_seconds:.0f} s)",

@@ -193,21 +193,28 @@ def predict(model: UNet, vol: np.ndarray) -> np.ndarray:
 
 def score(model: UNet, tests: list[Path], solution: dict) -> dict:
     """Test F0.5 at 0.5 (TP/FP/FN pooled over the test fragments), and at the oracle threshold."""
-    tp = fp = fn = 0
-    probs, targets = [], []  # for the oracle threshold, a diagnostic only
+    probs, targets = [], []
     for path in tests:
         vol, mask, _ = read_fragment(path)
-        prob = predict(model, vol) * mask
+        probs.append(predict(model, vol) * mask)
         row = solution[path.name]
-        target = decode(row["Predicted"], (int(row["height"]), int(row["width"])))
+        targets.append(decode(row["Predicted"], (int(row["height"]), int(row["width"]))))
+    return pooled_scores(probs, targets)
+
+
+def pooled_scores(probs: list[np.ndarray], targets: list[np.ndarray]) -> dict:
+    """F0.5 at 0.5 from TP/FP/FN pooled over the fragments' maps (each 0 outside its mask), and
+    at the threshold that is best on these labels (a diagnostic: how much is calibration)."""
+    tp = fp = fn = 0
+    for prob, target in zip(probs, targets, strict=True):
         counts = confusion_counts(prob >= 0.5, target)
         tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
-        probs.append(prob.ravel())
-        targets.append(target.ravel())
-    oracle_t, oracle_f05 = best_threshold(np.concatenate(probs), np.concatenate(targets))
+    oracle_t, oracle_f05 = best_threshold(
+        np.concatenate([p.ravel() for p in probs]), np.concatenate([t.ravel() for t in targets])
+    )
     return {
         "test_f05": round(fbeta_from_counts(tp, fp, fn), 4),
-        "oracle_threshold": oracle_t,  # chosen on the test labels: how much is calibration
+        "oracle_threshold": oracle_t,
         "oracle_test_f05": round(oracle_f05, 4),
     }
 

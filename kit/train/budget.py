@@ -226,8 +226,8 @@ def pace(trainer) -> tuple[float, float]:
 
 def refit_budget(trainer) -> dict:
     """Re-fit `trainer.config`'s length at its current step (in the first epoch) from its
-    `pace`: the new steps_per_epoch into the config and the LR schedule's total; print one line
-    and return the record run.json keeps under budget["refit"]. Under DDP rank 0's clock and
+    `pace`: the new steps_per_epoch into `trainer.config` (the trainer's `_relength` passes it
+    on to the LR schedule and the run's files); print one line and return the record run.json keeps under budget["refit"]. Under DDP rank 0's clock and
     pace decide for every rank."""
     config, record = trainer.config, trainer.budget
     t, done = config.train, trainer.state.step
@@ -239,7 +239,6 @@ def refit_budget(trainer) -> dict:
     )  # fmt: skip
     per_epoch = steps // t.epochs
     trainer.config = with_length(config, steps_per_epoch=per_epoch)
-    trainer.stepper.relength(trainer.config)
     trainer._say(
         f"budget re-fit at step {done}, {elapsed:.1f} s in: {step_s:.3g} s/step measured "
         f"({record['step_seconds']:.3g} calibrated) -> {steps} steps ({t.epochs} epochs x "
@@ -257,8 +256,8 @@ def refit_budget(trainer) -> dict:
 def cut_final_epoch(trainer, *, validations: int) -> dict | None:
     """When `trainer`'s second-last epoch has trained (its validation, if any, and the last
     one among the `validations` still ahead): if a whole last epoch no longer fits the budget
-    at the pace of this epoch's steps, cut it (train.final_epoch_steps, the LR schedule's
-    total), print one line and return the record run.json keeps under budget["cut"]; else
+    at the pace of this epoch's steps, cut it (train.final_epoch_steps in `trainer.config`, as
+    the re-fit), print one line and return the record run.json keeps under budget["cut"]; else
     None."""
     config, record = trainer.config, trainer.budget
     t = config.train
@@ -271,7 +270,6 @@ def cut_final_epoch(trainer, *, validations: int) -> dict | None:
     if steps >= t.steps_per_epoch:
         return None
     trainer.config = with_length(config, final_epoch_steps=steps)
-    trainer.stepper.relength(trainer.config)
     total = trainer.config.train.total_steps
     trainer._say(
         f"budget: behind at step {trainer.state.step}, {elapsed:.1f} s in ({step_s:.3g} s/step "

@@ -499,8 +499,9 @@ class _Trainer:
     def _relength(self, key: str, record: dict, bar, *, save: bool = True) -> int:
         """After a budget re-fit or cut (kit.train.budget) changed the run's length: `record`
         into run.json's budget[key], config.yaml and (`save`) last.pt (a kill resumes with
-        it), the progress bar's total; returns the new target step."""
+        it), the LR schedule's total and the progress bar's; returns the new target step."""
         self.budget = {**self.budget, key: record}
+        self.stepper.relength(self.config)
         if self.info.is_main:
             save_config(self.config, self.run_dir.config_yaml)
             self.run_dir.update_record(budget=self.budget)
